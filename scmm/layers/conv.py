@@ -1,0 +1,45 @@
+"""Causal grouped 1-D convolution sequence mixer."""
+
+from typing import Any
+
+import tensorflow as tf
+
+from .core import SeededLayer, seeded_normal
+
+
+class CausalConv(SeededLayer):
+    """y_t = ReLU(b + sum_{k<K} W_k x_{t-K+1+k}) with channels split into ``groups``.
+
+    Causality comes from padding K-1 zeros on the left only: output t sees inputs <= t.
+    """
+
+    def __init__(self, hidden_size: int, kernel_size: int, groups: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        if hidden_size % groups:
+            raise ValueError(f"groups={groups} must divide hidden_size={hidden_size}")
+        self.hidden_size = hidden_size
+        self.kernel_size = kernel_size
+        self.groups = groups
+
+    def build(self, input_shape: Any = None) -> None:
+        fan_in = self.kernel_size * self.hidden_size // self.groups
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(self.kernel_size, self.hidden_size // self.groups, self.hidden_size),
+            initializer=seeded_normal(self.weight_seed(0), fan_in**-0.5),
+        )
+        self.bias = self.add_weight(name="bias", shape=(self.hidden_size,), initializer="zeros")
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        # x: (batch, seq, hidden)
+        padded = tf.pad(x, [[0, 0], [self.kernel_size - 1, 0], [0, 0]])  # (b, s+K-1, hidden)
+        y = tf.nn.conv1d(padded, tf.cast(self.kernel, x.dtype), stride=1, padding="VALID")
+        return tf.nn.relu(y + tf.cast(self.bias, x.dtype))  # (b, s, hidden)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "hidden_size": self.hidden_size,
+            "kernel_size": self.kernel_size,
+            "groups": self.groups,
+        }

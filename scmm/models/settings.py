@@ -1,0 +1,143 @@
+"""Model settings: one dataclass tree from which a character LM is built.
+
+The sequence and token mixers are chosen by kind (``--model.sequence.type conv``), each with
+its own fields; ``draccus.ChoiceRegistry`` gives that on the command line and in YAML/JSON.
+"""
+
+import dataclasses
+from typing import Literal, Optional
+
+import draccus
+
+DType = Literal["float32", "float16", "bfloat16"]
+
+
+@dataclasses.dataclass
+class SequenceMixerSettings(draccus.ChoiceRegistry):
+    """Base of the sequence-mixer choices (attention | conv | rnn)."""
+
+    @property
+    def kind(self) -> str:
+        """Registered name of this choice."""
+        return str(self.get_choice_name(type(self)))
+
+    def validate(self, hidden_size: int) -> None:
+        """Raise ValueError if the mixer cannot be built at this hidden size."""
+
+
+@SequenceMixerSettings.register_subclass("attention")
+@dataclasses.dataclass
+class AttentionSettings(SequenceMixerSettings):
+    """Causal multi-head self-attention with relative sinusoid position scores."""
+
+    heads: int = 2
+    head_size: int = 64
+    frequencies: int = 128
+    """Number of sin/cos frequency pairs in the relative position embedding."""
+    max_period: float = 1024.0
+    """Longest period of the position embedding, in characters."""
+
+    def validate(self, hidden_size: int) -> None:
+        for name in ("heads", "head_size", "frequencies"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.sequence.{name} must be >= 1, got {getattr(self, name)}")
+        if self.heads * self.head_size != hidden_size:
+            raise ValueError(
+                f"model.sequence.heads x head_size = {self.heads} x {self.head_size}"
+                f" = {self.heads * self.head_size} does not fit hidden_size={hidden_size}"
+                f" (expected heads x head_size == hidden_size)"
+            )
+        if self.max_period <= 1:
+            raise ValueError(f"model.sequence.max_period must be > 1, got {self.max_period}")
+
+
+@SequenceMixerSettings.register_subclass("conv")
+@dataclasses.dataclass
+class ConvSettings(SequenceMixerSettings):
+    """Causal grouped 1-D convolution followed by ReLU."""
+
+    kernel_size: int = 7
+    groups: int = 8
+
+    def validate(self, hidden_size: int) -> None:
+        if self.kernel_size < 1:
+            raise ValueError(f"model.sequence.kernel_size must be >= 1, got {self.kernel_size}")
+        if self.groups < 1 or hidden_size % self.groups:
+            raise ValueError(
+                f"model.sequence.groups={self.groups} must divide hidden_size={hidden_size}"
+            )
+
+
+@SequenceMixerSettings.register_subclass("rnn")
+@dataclasses.dataclass
+class RNNSettings(SequenceMixerSettings):
+    """Recurrent highway network cell (Zilly et al. 2017) scanned over the sequence."""
+
+    rebias: float = 1.0
+    """Constant subtracted from the transform-gate pre-activation (bias towards carrying)."""
+
+
+@dataclasses.dataclass
+class TokenMixerSettings(draccus.ChoiceRegistry):
+    """Base of the token-mixer choices (ffn | none)."""
+
+    @property
+    def kind(self) -> str:
+        """Registered name of this choice."""
+        return str(self.get_choice_name(type(self)))
+
+
+@TokenMixerSettings.register_subclass("ffn")
+@dataclasses.dataclass
+class FFNSettings(TokenMixerSettings):
+    """Position-wise ReLU MLP with ``multiple`` x hidden inner units."""
+
+    multiple: float = 4.0
+
+
+@TokenMixerSettings.register_subclass("none")
+@dataclasses.dataclass
+class NoTokenMixerSettings(TokenMixerSettings):
+    """No token mixer: each layer is a sequence mixer only."""
+
+
+@dataclasses.dataclass
+class ResidualSettings:
+    """How each mixer is wrapped: norm placement and branch weighting."""
+
+    norm: Literal["pre", "post", "none"] = "pre"
+    weighting: Literal["plain", "fixed", "mean"] = "plain"
+    """plain: x + f(x); fixed: sqrt(1-alpha) x + sqrt(alpha) f(x); mean: alpha_l = 1/(l+1)."""
+    alpha: float = 0.5
+    """Branch weight for weighting=fixed (ignored otherwise)."""
+
+
+@dataclasses.dataclass
+class ModelSettings:
+    """A character language model: embedding, shift, depth x (sequence, token) blocks, norm, head."""
+
+    vocab_size: int = 0
+    """Output classes. 0: taken from the dataset's vocabulary."""
+    hidden_size: int = 128
+    depth: int = 8
+    residual: ResidualSettings = dataclasses.field(default_factory=ResidualSettings)
+    sequence: SequenceMixerSettings = dataclasses.field(default_factory=AttentionSettings)
+    token: TokenMixerSettings = dataclasses.field(default_factory=FFNSettings)
+    dtype: DType = "float32"
+    """Compute dtype. Weight storage for 16-bit dtypes is chosen by training.weights."""
+    seed: Optional[int] = None
+    """Initialisation seed. None: derived from the experiment seed."""
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first impossible value (before any compute)."""
+        if self.vocab_size < 0:
+            raise ValueError(f"model.vocab_size must be >= 0, got {self.vocab_size}")
+        if self.hidden_size < 1:
+            raise ValueError(f"model.hidden_size must be >= 1, got {self.hidden_size}")
+        if self.depth < 1:
+            raise ValueError(f"model.depth must be >= 1, got {self.depth}")
+        if self.residual.weighting == "fixed" and not 0.0 < self.residual.alpha < 1.0:
+            raise ValueError(f"model.residual.alpha must be in (0, 1), got {self.residual.alpha}")
+        if isinstance(self.token, FFNSettings) and self.token.multiple <= 0:
+            raise ValueError(f"model.token.multiple must be > 0, got {self.token.multiple}")
+        self.sequence.validate(self.hidden_size)

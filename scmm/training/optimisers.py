@@ -1,0 +1,197 @@
+"""Small TF-native optimisers (AdamW, SGD with momentum) over a list of Keras variables.
+
+Why not ``keras.optimizers``: scmm needs per-variable learning-rate multipliers (unit scaling
+divides vector parameters' rate by sqrt(size)), 16-bit weights updated with round-to-nearest or
+stochastic rounding, optimiser state addressable by weight name for exact checkpoints, and an
+update that runs unchanged inside an XLA-compiled multi-step loop. Slots are always float32.
+
+Under a ``tf.distribute`` strategy with several replicas, gradients are mean-all-reduced and
+the per-variable update runs through ``strategy.extended.update`` (the same route Keras'
+optimisers take), so mirrored weights stay identical.
+"""
+
+import math
+from typing import Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .rounding import stochastic_round
+from .settings import AdamWSettings, OptimiserSettings, SGDMSettings, WeightStorage
+
+
+class Optimiser:
+    """Base: learning-rate schedule, slots, weight writing and distribution plumbing."""
+
+    slot_names: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        settings: OptimiserSettings,
+        variables: Sequence[keras.Variable],
+        weights: WeightStorage = "master",
+        learning_rate_scales: Optional[Sequence[float]] = None,
+        seed: int = 0,
+    ):
+        settings.validate()
+        self.settings = settings
+        self.variables = list(variables)
+        self.weights = weights
+        scales = learning_rate_scales or [1.0] * len(self.variables)
+        if len(scales) != len(self.variables):
+            raise ValueError(
+                f"learning_rate_scales has {len(scales)} entries for {len(self.variables)} variables"
+            )
+        self.learning_rate_scales = [float(s) for s in scales]
+        self.seed = seed
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="optimiser_step")
+        self.slots: dict[str, list[tf.Variable]] = {
+            name: [
+                tf.Variable(
+                    tf.zeros(v.shape, tf.float32),
+                    trainable=False,
+                    name=f"{v.path.replace('/', '.')}.{name}",
+                )
+                for v in self.variables
+            ]
+            for name in self.slot_names
+        }
+
+    def learning_rate(self, step: tf.Tensor) -> tf.Tensor:
+        """Scheduled learning rate at ``step`` (float32): lr * 2^(-step * decay)."""
+        decay = self.settings.learning_rate_decay
+        rate = tf.constant(self.settings.learning_rate, tf.float32)
+        if decay:
+            rate = rate * tf.pow(2.0, -tf.cast(step, tf.float32) * decay)
+        return rate
+
+    # Subclasses: return the float32 change to add to the weight, updating slots in place.
+    def _delta(
+        self, index: int, weight: tf.Tensor, grad: tf.Tensor, rate: tf.Tensor, step: tf.Tensor
+    ) -> tf.Tensor:
+        raise NotImplementedError
+
+    def apply(self, grads: Sequence[tf.Tensor]) -> None:
+        """Apply one update from float32 gradients (same order as ``variables``)."""
+        grads = [tf.convert_to_tensor(g) for g in grads]  # embedding grads arrive as slices
+        context = tf.distribute.get_replica_context()
+        if tf.distribute.has_strategy() and context is not None:
+            if context.num_replicas_in_sync > 1:
+                grads = context.all_reduce(tf.distribute.ReduceOp.MEAN, grads)
+            context.merge_call(self._apply_cross_replica, args=(grads,))
+        else:
+            self._apply_all(grads, strategy=None)
+
+    def _apply_cross_replica(
+        self, strategy: tf.distribute.Strategy, grads: Sequence[tf.Tensor]
+    ) -> None:
+        self._apply_all(grads, strategy)
+
+    def _apply_all(
+        self, grads: Sequence[tf.Tensor], strategy: Optional[tf.distribute.Strategy]
+    ) -> None:
+        step = self.step + 1  # 1-based inside the update (Adam's bias correction)
+        rate = self.learning_rate(self.step)
+        for index, (variable, grad) in enumerate(zip(self.variables, grads)):
+
+            def update(var: tf.Variable, grad: tf.Tensor, index: int = index) -> tf.Tensor:
+                weight = tf.cast(tf.convert_to_tensor(var), tf.float32)
+                delta = self._delta(index, weight, tf.cast(grad, tf.float32), rate, step)
+                return var.assign(self._write(weight + delta, var.dtype, index, step))
+
+            if strategy is None:
+                update(variable, grad)
+            else:
+                strategy.extended.update(variable, update, args=(grad,))
+        if strategy is None:
+            self.step.assign_add(1)
+        else:
+            strategy.extended.update(self.step, lambda s: s.assign_add(1))
+
+    def _write(self, value: tf.Tensor, dtype: tf.DType, index: int, step: tf.Tensor) -> tf.Tensor:
+        dtype = tf.as_dtype(dtype)
+        if dtype == tf.float32:
+            return value
+        if self.weights == "stochastic":
+            seed = tf.stack([tf.constant(self.seed * 100003 + index, tf.int64), step])
+            return stochastic_round(value, dtype, seed)
+        return tf.cast(value, dtype)  # round to nearest even
+
+    # Checkpointing -------------------------------------------------------------------------
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Optimiser state by name: ``step`` and ``<weight path>/<slot>`` (float32)."""
+        state = {"step": np.asarray(self.step.numpy())}
+        for name, slots in self.slots.items():
+            for variable, slot in zip(self.variables, slots):
+                state[f"{variable.path}/{name}"] = slot.numpy()
+        return state
+
+    def set_state_arrays(self, state: dict[str, np.ndarray]) -> None:
+        """Restore from ``state_arrays()`` output; names and shapes must match exactly."""
+        expected = set(self.state_arrays())
+        if set(state) != expected:
+            raise ValueError(
+                "optimiser state names differ: missing"
+                f" {sorted(expected - set(state))}, unexpected {sorted(set(state) - expected)}"
+            )
+        self.step.assign(int(state["step"]))
+        for name, slots in self.slots.items():
+            for variable, slot in zip(self.variables, slots):
+                slot.assign(state[f"{variable.path}/{name}"])
+
+
+class AdamW(Optimiser):
+    """Adam with bias correction and decoupled weight decay."""
+
+    slot_names = ("m", "v")
+
+    def _delta(
+        self, index: int, weight: tf.Tensor, grad: tf.Tensor, rate: tf.Tensor, step: tf.Tensor
+    ) -> tf.Tensor:
+        assert isinstance(self.settings, AdamWSettings)
+        s = self.settings
+        m, v = self.slots["m"][index], self.slots["v"][index]
+        m.assign(s.beta1 * m + (1 - s.beta1) * grad)
+        v.assign(s.beta2 * v + (1 - s.beta2) * tf.square(grad))
+        t = tf.cast(step, tf.float32)
+        m_hat = m / (1 - tf.pow(s.beta1, t))
+        v_hat = v / (1 - tf.pow(s.beta2, t))
+        scaled_rate = rate * self.learning_rate_scales[index]
+        return -scaled_rate * (m_hat / (tf.sqrt(v_hat) + s.epsilon) + s.weight_decay * weight)
+
+
+class SGDM(Optimiser):
+    """SGD with heavy-ball momentum: v = mu v + g; w -= lr (v + wd w)."""
+
+    slot_names = ("velocity",)
+
+    def _delta(
+        self, index: int, weight: tf.Tensor, grad: tf.Tensor, rate: tf.Tensor, step: tf.Tensor
+    ) -> tf.Tensor:
+        assert isinstance(self.settings, SGDMSettings)
+        velocity = self.slots["velocity"][index]
+        velocity.assign(self.settings.momentum * velocity + grad)
+        scaled_rate = rate * self.learning_rate_scales[index]
+        return -scaled_rate * (velocity + self.settings.weight_decay * weight)
+
+
+def make_optimiser(
+    settings: OptimiserSettings,
+    variables: Sequence[keras.Variable],
+    weights: WeightStorage = "master",
+    learning_rate_scales: Optional[Sequence[float]] = None,
+    seed: int = 0,
+) -> Optimiser:
+    """Build the optimiser named by ``settings`` (its registered kind)."""
+    if isinstance(settings, AdamWSettings):
+        return AdamW(settings, variables, weights, learning_rate_scales, seed)
+    if isinstance(settings, SGDMSettings):
+        return SGDM(settings, variables, weights, learning_rate_scales, seed)
+    raise ValueError(f"unknown optimiser settings {settings!r}: expected adamw or sgdm")
+
+
+def vector_learning_rate_scales(variables: Sequence[keras.Variable]) -> list[float]:
+    """1/sqrt(size) for 1-D parameters (biases, gains), 1 otherwise (unit-scaled models)."""
+    return [1 / math.sqrt(v.shape[0]) if len(v.shape) == 1 else 1.0 for v in variables]

@@ -1,0 +1,101 @@
+"""Training settings: batch, steps, optimiser, loss scale and how 16-bit weights are kept."""
+
+import dataclasses
+from typing import Literal
+
+import draccus
+
+
+@dataclasses.dataclass
+class OptimiserSettings(draccus.ChoiceRegistry):
+    """Base of the optimiser choices (adamw | sgdm): fields shared by both."""
+
+    learning_rate: float = 2**-10
+    learning_rate_decay: float = 0.0
+    """Learning rate at step t is learning_rate * 2 ** (-t * learning_rate_decay)."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay: w -= learning_rate * weight_decay * w each step."""
+
+    @property
+    def kind(self) -> str:
+        """Registered name of this choice."""
+        return str(self.get_choice_name(type(self)))
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first impossible value."""
+        if not self.learning_rate > 0:
+            raise ValueError(
+                f"training.optimiser.learning_rate must be > 0, got {self.learning_rate}"
+            )
+        if self.learning_rate_decay < 0:
+            raise ValueError(
+                "training.optimiser.learning_rate_decay must be >= 0,"
+                f" got {self.learning_rate_decay}"
+            )
+        if self.weight_decay < 0:
+            raise ValueError(
+                f"training.optimiser.weight_decay must be >= 0, got {self.weight_decay}"
+            )
+
+
+@OptimiserSettings.register_subclass("adamw")
+@dataclasses.dataclass
+class AdamWSettings(OptimiserSettings):
+    """Adam with decoupled weight decay (Loshchilov & Hutter)."""
+
+    beta1: float = 0.9
+    beta2: float = 0.999
+    epsilon: float = 1e-8
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(
+                    f"training.optimiser.{name} must be in [0, 1), got {getattr(self, name)}"
+                )
+
+
+@OptimiserSettings.register_subclass("sgdm")
+@dataclasses.dataclass
+class SGDMSettings(OptimiserSettings):
+    """SGD with (heavy-ball) momentum."""
+
+    momentum: float = 0.9
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"training.optimiser.momentum must be in [0, 1), got {self.momentum}")
+
+
+WeightStorage = Literal["master", "rounded", "stochastic"]
+
+
+@dataclasses.dataclass
+class TrainingSettings:
+    """How the model is trained and evaluated."""
+
+    batch_sequences: int = 8
+    """Sequences per batch (each data.sequence_length characters)."""
+    steps: int = 2**12
+    valid_interval: int = 2**10
+    """Steps between validations (and checkpoints)."""
+    optimiser: OptimiserSettings = dataclasses.field(default_factory=AdamWSettings)
+    loss_scale: float = 1.0
+    """Static loss scale: the loss is multiplied by it before backprop, gradients divided after."""
+    weights: WeightStorage = "master"
+    """16-bit models only. master: float32 weights cast each step (GPU mixed precision);
+    rounded: weights in the compute dtype, updates rounded to nearest; stochastic: weights in
+    the compute dtype, updates stochastically rounded (as on IPU)."""
+    iterations_per_loop: int = 16
+    """Training steps run inside one compiled call (the IPU's iterations-per-loop)."""
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first impossible value."""
+        for name in ("batch_sequences", "steps", "valid_interval", "iterations_per_loop"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"training.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.loss_scale > 0:
+            raise ValueError(f"training.loss_scale must be > 0, got {self.loss_scale}")
+        self.optimiser.validate()
