@@ -1,0 +1,360 @@
+"""One experiment, end to end: settings -> data -> model -> training loop -> outputs.
+
+Outputs in the run folder: ``settings.json`` (the full resolved tree), ``log.jsonl`` (one
+record per line), ``summary.json`` (final metrics and status), ``checkpoints/{last,best}.npz``
+and, unless ``output.wandb=off``, a ``wandb/`` folder. Exit codes: 0 finished, 1 failed,
+2 bad input (nothing computed), 3 diverged (a non-finite loss or weight).
+"""
+
+import dataclasses
+import os
+import secrets
+import sys
+import time
+import traceback
+from typing import Any, Optional
+
+import numpy as np
+
+from .. import datasets
+from ..models import CharLM
+from ..pedal import Execution, split_seed
+from ..training import NonFiniteError, Trainer, bits_per_character
+from . import checkpoints
+from .files import write_json
+from .progress import Progress
+from .settings import ExperimentSettings, to_dict
+from .trackers import (
+    CompositeTracker,
+    JsonlTracker,
+    SafeTracker,
+    Tracker,
+    WandbTracker,
+    truncate_log,
+    wandb_logged_in,
+)
+
+EXIT_FINISHED, EXIT_FAILED, EXIT_USAGE, EXIT_DIVERGED = 0, 1, 2, 3
+
+
+def default_out_dir(settings: ExperimentSettings) -> str:
+    """``out/<YYYYmmdd-HHMMSS>-<preset or name>``."""
+    label = settings.metadata.name or settings.preset or "run"
+    return os.path.join("out", f"{time.strftime('%Y%m%d-%H%M%S')}-{label}")
+
+
+def resolve_seeds(settings: ExperimentSettings) -> ExperimentSettings:
+    """Draw the master seed if unset and derive the model seed, so the run can be repeated."""
+    seed = settings.seed if settings.seed is not None else secrets.randbelow(2**31)
+    model_seed = settings.model.seed
+    if model_seed is None:
+        model_seed = split_seed(seed, "model")
+    return dataclasses.replace(
+        settings, seed=seed, model=dataclasses.replace(settings.model, seed=model_seed)
+    )
+
+
+@dataclasses.dataclass
+class Throughput:
+    """Training tokens and seconds, excluding calls that compiled a new loop shape."""
+
+    tokens: float = 0.0
+    seconds: float = 0.0
+    compile_seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Training throughput (NaN before the first measured call)."""
+        return self.tokens / self.seconds if self.seconds > 0 else float("nan")
+
+
+class Experiment:  # pylint: disable=too-many-instance-attributes
+    """Set up in ``__init__`` (errors there are bad input); ``run()`` trains."""
+
+    def __init__(self, settings: ExperimentSettings, out_dir: str, resume: bool = False):
+        settings.validate()
+        self.out_dir = out_dir
+        self.resume = resume
+        if not resume and os.path.exists(os.path.join(out_dir, "settings.json")):
+            raise FileExistsError(
+                f"--out {out_dir!r} already holds a run; use --resume {out_dir} to continue it"
+                " or choose another folder"
+            )
+        self.settings = resolve_seeds(settings)
+        self.dataset = datasets.load_dataset(self.settings.data)
+        self._set_vocab_size()
+        self.execution = Execution(self.settings.execution)
+        assert self.settings.seed is not None
+        with self.execution.scope():
+            self.model = CharLM(
+                self.settings.model, master_weights=self.settings.training.weights == "master"
+            )
+            self.trainer = Trainer(
+                self.model,
+                self.settings.training,
+                self.execution,
+                seed=split_seed(self.settings.seed, "rounding"),
+            )
+        self.stream = datasets.TrainBatchStream(
+            self.dataset.splits["train"],
+            self.settings.training.batch_sequences,
+            self.settings.data.sequence_length,
+            self.settings.data.overlap_length,
+            seed=split_seed(self.settings.seed, "data"),
+        )
+        self.best_valid_loss = float("inf")
+        self.throughput = Throughput()
+        self.last_metrics: dict[str, float] = {}
+        self.results: dict[str, dict[str, float]] = {}
+        self.started = time.time()
+        self.tracker: Optional[Tracker] = None
+
+    def _set_vocab_size(self) -> None:
+        vocab = self.dataset.vocab.size
+        wanted = self.settings.model.vocab_size
+        if wanted not in (0, vocab):
+            raise ValueError(
+                f"model.vocab_size={wanted} but the data's vocabulary has {vocab} characters"
+                " (expected 0 to take it from the data, or equal)"
+            )
+        model = dataclasses.replace(self.settings.model, vocab_size=vocab)
+        self.settings = dataclasses.replace(self.settings, model=model)
+
+    # Outputs ---------------------------------------------------------------------------------
+
+    def _open_trackers(self) -> Tracker:
+        log_path = os.path.join(self.out_dir, "log.jsonl")
+        trackers: list[Tracker] = [JsonlTracker(log_path)]
+        mode = self.settings.output.wandb
+        if mode != "off":
+            if mode == "auto":
+                mode = "online" if wandb_logged_in() else "offline"
+            meta = self.settings.metadata
+            id_path = os.path.join(self.out_dir, "wandb_id.txt")
+            run_id = open(id_path, encoding="utf-8").read().strip() if (
+                self.resume and os.path.exists(id_path)
+            ) else None
+            wandb_tracker = SafeTracker(None, f"WandB ({mode})")
+            try:
+                inner = WandbTracker(
+                    mode,
+                    self.out_dir,
+                    to_dict(self.settings),
+                    self.settings.output.wandb_project,
+                    self.settings.output.wandb_entity,
+                    meta.name or os.path.basename(os.path.abspath(self.out_dir)),
+                    meta.tags,
+                    meta.group,
+                    meta.notes,
+                    run_id=run_id,
+                )
+                wandb_tracker.inner = inner
+                with open(id_path, "w", encoding="utf-8") as file:
+                    file.write(inner.run.id)
+            except Exception as error:  # pylint: disable=broad-except
+                print(
+                    f"warning: WandB ({mode}) could not start ({type(error).__name__}: {error});"
+                    " logging to JSONL only",
+                    file=sys.stderr,
+                )
+            trackers.append(wandb_tracker)
+        return CompositeTracker(trackers)
+
+    def _log(self, kind: str, step: int, **metrics: Any) -> None:
+        assert self.tracker is not None
+        self.tracker.log({"kind": kind, "step": step, **metrics})
+
+    def _checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "step": self.trainer.step,
+            "stream": self.stream.state(),
+            "best_valid_loss": self.best_valid_loss,
+            "seed": self.settings.seed,
+            "throughput": dataclasses.asdict(self.throughput),
+        }
+
+    def _save_checkpoint(self, improved: bool) -> None:
+        folder = checkpoints.checkpoint_dir(self.out_dir)
+        write_json(os.path.join(folder, "settings.json"), to_dict(self.settings))
+        model_arrays = self.model.get_weight_arrays()
+        optimiser_arrays = self.trainer.optimiser.state_arrays()
+        state = self._checkpoint_state()
+        checkpoints.save(os.path.join(folder, "last.npz"), model_arrays, optimiser_arrays, state)
+        if improved and self.settings.output.keep_best:
+            checkpoints.save(
+                os.path.join(folder, "best.npz"), model_arrays, optimiser_arrays, state
+            )
+
+    def _restore(self) -> int:
+        path = checkpoints.latest(self.out_dir)
+        if path is None:
+            return 0  # killed before the first checkpoint: start again from step 0
+        model_arrays, optimiser_arrays, state = checkpoints.load(path)
+        self.model.set_weight_arrays(model_arrays)
+        self.trainer.optimiser.set_state_arrays(optimiser_arrays)
+        self.stream.set_state(state["stream"])
+        self.best_valid_loss = float(state["best_valid_loss"])
+        self.throughput = Throughput(**state["throughput"])
+        return int(state["step"])
+
+    # Training --------------------------------------------------------------------------------
+
+    def _evaluate(self, split: str, step: int, limit: Optional[int] = None) -> dict[str, float]:
+        ids = self.dataset.splits[split]
+        if limit is not None:
+            ids = ids[:limit]
+        batches = datasets.eval_batches(
+            ids,
+            self.settings.training.batch_sequences,
+            self.settings.data.sequence_length,
+            self.settings.data.overlap_length,
+        )
+        result = self.trainer.evaluate(batches)
+        self.results[split] = result
+        kind = "eval_train" if split == "train" else f"eval_{split}"
+        self._log(kind, step, **result)
+        return result
+
+    def _train_chunk(self, count: int, seen_counts: set[int]) -> dict[str, float]:
+        batch = self.stream.next(count)
+        start = time.time()
+        results = self.trainer.train(batch)
+        elapsed = time.time() - start
+        tokens = float(np.sum(results["n_tokens"]))
+        if count in seen_counts:
+            self.throughput.tokens += tokens
+            self.throughput.seconds += elapsed
+        else:  # this call traced and compiled the loop for a new count
+            seen_counts.add(count)
+            self.throughput.compile_seconds += elapsed
+        mean_loss = float(np.mean(results["loss"]))
+        metrics = {
+            "loss": mean_loss,
+            "bpc": bits_per_character(mean_loss),
+            "loss_last": float(results["loss"][-1]),
+            "learning_rate": float(results["learning_rate"][-1]),
+            "tokens": tokens,
+            "tokens_per_second": tokens / elapsed,
+            "hidden_rms": float(results["hidden_rms"][-1]),
+            "logits_rms": float(results["logits_rms"][-1]),
+            "steps": count,
+        }
+        self.last_metrics = metrics
+        self._log("train_step", self.trainer.step, **metrics)
+        return metrics
+
+    def _loop(self, progress: Progress) -> None:
+        training = self.settings.training
+        seen_counts: set[int] = set()
+        step = self.trainer.step
+        while step < training.steps:
+            next_valid = (step // training.valid_interval + 1) * training.valid_interval
+            count = min(training.iterations_per_loop, training.steps - step, next_valid - step)
+            metrics = self._train_chunk(count, seen_counts)
+            step = self.trainer.step
+            shown = {"loss": metrics["loss"], "bpc": metrics["bpc"]}
+            shown["tok/s"] = metrics["tokens_per_second"]
+            progress.update(step, shown)
+            if step % training.valid_interval == 0 or step == training.steps:
+                valid = self._evaluate("valid", step)
+                improved = valid["loss"] < self.best_valid_loss
+                self.best_valid_loss = min(self.best_valid_loss, valid["loss"])
+                self._save_checkpoint(improved)
+                progress.message(f"step {step}: valid bpc {valid['bpc']:.4f}")
+                progress.update(step, {**shown, "valid_bpc": valid["bpc"]}, force=True)
+
+    def _summary(self, status: str) -> dict[str, Any]:
+        summary: dict[str, Any] = {"status": status, "step": self.trainer.step}
+        for split in ("train", "valid", "test"):
+            if split in self.results:
+                summary[f"{split}_loss"] = self.results[split]["loss"]
+                summary[f"{split}_bpc"] = self.results[split]["bpc"]
+        summary.update(
+            tokens_per_second=self.throughput.tokens_per_second,
+            compile_seconds=self.throughput.compile_seconds,
+            wall_seconds=time.time() - self.started,
+            parameters=self.model.parameter_count(),
+            best_valid_loss=self.best_valid_loss,
+            best_valid_bpc=bits_per_character(self.best_valid_loss),
+            last_train=self.last_metrics,
+            out_dir=os.path.abspath(self.out_dir),
+        )
+        return summary
+
+    def _finish(self, status: str) -> dict[str, Any]:
+        summary = self._summary(status)
+        write_json(os.path.join(self.out_dir, "summary.json"), summary)
+        assert self.tracker is not None
+        self.tracker.summary(summary)
+        self.tracker.finish(status)
+        return summary
+
+    def run(self) -> int:
+        """Train, evaluate, write outputs; returns the process exit code."""
+        os.makedirs(self.out_dir, exist_ok=True)
+        start_step = 0
+        if self.resume:
+            start_step = self._restore()
+            truncate_log(os.path.join(self.out_dir, "log.jsonl"), start_step)
+        write_json(os.path.join(self.out_dir, "settings.json"), to_dict(self.settings))
+        self.tracker = self._open_trackers()
+        if self.resume:
+            self._log("resume", start_step)
+        else:
+            self._log("settings", 0, settings=to_dict(self.settings))
+            self._log("stats", 0, **self._stats())
+        progress = Progress(
+            self.settings.output.progress,
+            self.settings.training.steps,
+            start_step,
+            self.settings.output.progress_interval,
+        )
+        status, code = "finished", EXIT_FINISHED
+        try:
+            self._loop(progress)
+            step = self.trainer.step
+            if "valid" not in self.results:
+                self._evaluate("valid", step)
+            self._evaluate("train", step, limit=self.settings.output.train_eval_chars)
+            self._evaluate("test", step)
+        except NonFiniteError as error:
+            status, code = "diverged", EXIT_DIVERGED
+            self._log("diverged", error.step, tensor=error.tensor, message=str(error))
+            progress.message(f"diverged: {error}")
+        except KeyboardInterrupt:
+            status, code = "failed", EXIT_FAILED
+            self._log("error", self.trainer.step, message="interrupted (KeyboardInterrupt)")
+        except Exception as error:  # pylint: disable=broad-except
+            status, code = "failed", EXIT_FAILED
+            self._log("error", self.trainer.step, message=f"{type(error).__name__}: {error}")
+            traceback.print_exc()
+        finally:
+            progress.close()
+        summary = self._finish(status)
+        print_summary(summary)
+        return code
+
+    def _stats(self) -> dict[str, Any]:
+        return {
+            "parameters": self.model.parameter_count(),
+            "vocab_size": self.dataset.vocab.size,
+            "data": self.dataset.description,
+            **{f"{k}_chars": int(len(v)) for k, v in self.dataset.splits.items()},
+            "device": self.execution.description,
+            "seed": self.settings.seed,
+        }
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """A few lines on stdout at the end of a run."""
+
+    def fmt(key: str) -> str:
+        value = summary.get(key)
+        return f"{value:.4f}" if isinstance(value, float) else "n/a"
+
+    print(
+        f"{summary['status']} at step {summary['step']}: train bpc {fmt('train_bpc')},"
+        f" valid bpc {fmt('valid_bpc')}, test bpc {fmt('test_bpc')},"
+        f" {summary['tokens_per_second']:.0f} tokens/s"
+    )
+    print(f"outputs: {summary['out_dir']}")

@@ -1,0 +1,188 @@
+"""Where run records go: JSON lines (the source of truth) and, optionally, WandB.
+
+A record is a flat dict with ``kind`` (settings, stats, train_step, eval_valid, eval_train,
+eval_test, resume, diverged, error, summary), ``step`` and ``time``. ``JsonlTracker`` appends
+one line per record and flushes. ``WandbTracker`` mirrors records to a WandB run; any WandB
+failure is reported once on stderr and WandB is then dropped, so it never stops training.
+"""
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Optional, Protocol, Sequence
+
+from .files import atomic_open, read_jsonl
+
+
+def _json_safe(value: Any) -> Any:
+    # Non-finite floats become strings so every line is strict JSON ("NaN" is not).
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+class Tracker(Protocol):
+    """Receives records, a final summary, and is finished exactly once."""
+
+    def log(self, record: dict[str, Any]) -> None:
+        """One record (has kind, step)."""
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        """Final results of the run."""
+
+    def finish(self, status: str) -> None:
+        """Close; ``status`` is finished | diverged | failed."""
+
+
+class JsonlTracker:
+    """Appends records to ``log.jsonl``."""
+
+    def __init__(self, path: str):
+        self.path = path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._file = open(path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
+
+    def log(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(_json_safe(record), allow_nan=False) + "\n")
+        self._file.flush()
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        self.log({"kind": "summary", **summary})
+
+    def finish(self, status: str) -> None:
+        self._file.close()
+
+
+def truncate_log(path: str, last_step: int) -> None:
+    """Keep only records up to ``last_step`` (atomically): used when resuming a run.
+
+    The killed run may have logged steps after its last checkpoint; the resumed run repeats
+    those steps, and keeping both copies would double them in the log.
+    """
+    records = [r for r in read_jsonl(path) if int(r.get("step", 0)) <= last_step]
+    records = [r for r in records if r.get("kind") not in ("summary",)]
+    with atomic_open(path) as file:
+        for record in records:
+            file.write(json.dumps(record, allow_nan=False) + "\n")
+
+
+def wandb_logged_in() -> bool:
+    """Whether WandB has credentials (environment or netrc), without touching the network."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        import wandb
+
+        return bool(wandb.api.api_key)
+    except Exception:  # pylint: disable=broad-except
+        return False
+
+
+class WandbTracker:
+    """Mirrors records to a WandB run (online or offline)."""
+
+    def __init__(
+        self,
+        mode: str,
+        out_dir: str,
+        config: dict[str, Any],
+        project: str,
+        entity: Optional[str],
+        name: str,
+        tags: Sequence[str],
+        group: str,
+        notes: str,
+        run_id: Optional[str] = None,
+    ):
+        import wandb
+
+        self._wandb = wandb
+        self.run = wandb.init(
+            mode=mode,
+            dir=out_dir,
+            project=project,
+            entity=entity,
+            name=name or None,
+            tags=list(tags) or None,
+            group=group or None,
+            notes=notes or None,
+            config=config,
+            id=run_id,
+            resume="allow" if run_id else None,
+            settings=wandb.Settings(silent=True, console="off"),
+        )
+        self.mode = mode
+
+    def log(self, record: dict[str, Any]) -> None:
+        kind = record.get("kind", "record")
+        metrics = {
+            f"{kind}/{k}": v
+            for k, v in record.items()
+            if k not in ("kind", "step", "time") and isinstance(v, (int, float))
+        }
+        if metrics:
+            self.run.log(metrics, step=int(record.get("step", 0)))
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        for key, value in summary.items():
+            if isinstance(value, (int, float, str, bool)):
+                self.run.summary[key] = value
+
+    def finish(self, status: str) -> None:
+        self.run.finish(exit_code=0 if status == "finished" else 1)
+
+
+class SafeTracker:
+    """Wraps a tracker that may fail (WandB): the first error is reported, then it is dropped."""
+
+    def __init__(self, inner: Optional[Tracker], name: str):
+        self.inner = inner
+        self.name = name
+
+    def _call(self, method: str, *args: Any) -> None:
+        if self.inner is None:
+            return
+        try:
+            getattr(self.inner, method)(*args)
+        except Exception as error:  # pylint: disable=broad-except
+            print(
+                f"warning: {self.name} failed ({type(error).__name__}: {error});"
+                " continuing with JSONL logging only",
+                file=sys.stderr,
+            )
+            self.inner = None
+
+    def log(self, record: dict[str, Any]) -> None:
+        self._call("log", record)
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        self._call("summary", summary)
+
+    def finish(self, status: str) -> None:
+        self._call("finish", status)
+
+
+class CompositeTracker:
+    """Fans records out to several trackers; stamps ``time`` on each record."""
+
+    def __init__(self, trackers: Sequence[Tracker]):
+        self.trackers = list(trackers)
+
+    def log(self, record: dict[str, Any]) -> None:
+        record = {"time": time.time(), **record}
+        for tracker in self.trackers:
+            tracker.log(record)
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        for tracker in self.trackers:
+            tracker.summary(summary)
+
+    def finish(self, status: str) -> None:
+        for tracker in self.trackers:
+            tracker.finish(status)
