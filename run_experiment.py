@@ -10,9 +10,12 @@
 All the work happens in ``scmm.experiments``.
 """
 
+import os
 import sys
 
-from scmm.experiments import main
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter off
+
+from scmm.experiments import main  # pylint: disable=wrong-import-position
 
 if __name__ == "__main__":
     sys.exit(main())

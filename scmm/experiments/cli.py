@@ -20,6 +20,9 @@ import yaml
 from . import presets
 from .settings import ExperimentSettings, SettingsError, from_dict, to_dict
 
+# Used when no --preset is given.
+DEFAULT_PRESET = "default"
+
 # Only these may change when resuming: anything else would make the resumed run differ.
 RESUME_OVERRIDABLE = ("training.steps", "output.")
 
@@ -31,7 +34,7 @@ Train one character language model and write settings.json, log.jsonl, summary.j
 checkpoints to --out.
 
 Run options:
-  --preset NAME     start from a named preset: {presets}
+  --preset NAME     start from a named preset (default: "default"): {presets}
   --config FILE     YAML or JSON settings file (a partial tree), applied after the preset
   --out DIR         output folder (default: out/<time>-<preset>)
   --resume DIR      continue the run in DIR from its last checkpoint (its settings.json is
@@ -159,12 +162,12 @@ def parse(argv: Sequence[str]) -> Optional[Invocation]:
         return _parse_resume(options, pairs)
     # Start from the full default tree so every choice node names its ``type``.
     tree: dict[str, Any] = to_dict(ExperimentSettings())
-    if options.preset:
-        try:
-            tree = merge(tree, presets.preset(options.preset))
-        except KeyError as error:
-            raise SettingsError(str(error.args[0])) from None
-        tree["preset"] = options.preset
+    preset_name = options.preset or DEFAULT_PRESET
+    try:
+        tree = merge(tree, presets.preset(preset_name))
+    except KeyError as error:
+        raise SettingsError(str(error.args[0])) from None
+    tree["preset"] = preset_name
     if options.config:
         tree = merge(tree, load_settings_file(options.config))
     tree = merge(tree, overrides_to_tree(pairs))
@@ -174,7 +177,9 @@ def parse(argv: Sequence[str]) -> Optional[Invocation]:
 
 def _parse_resume(options: argparse.Namespace, pairs: list[tuple[str, str]]) -> Invocation:
     if options.preset or options.config:
-        raise SettingsError("--resume takes its settings from the run folder; drop --preset/--config")
+        raise SettingsError(
+            "--resume takes its settings from the run folder; drop --preset/--config"
+        )
     path = os.path.join(options.resume, "settings.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--resume {options.resume!r}: no settings.json there")

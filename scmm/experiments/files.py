@@ -43,12 +43,12 @@ def write_json(path: str, data: Any) -> None:
 def write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
     """Atomically write a dict of arrays as an uncompressed .npz."""
     with atomic_open(path, "wb") as file:
-        np.savez(file, **arrays)
+        np.savez(file, **arrays)  # type: ignore[arg-type]
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
     """All complete records of a JSON-lines file (a torn last line from a kill is skipped)."""
-    records = []
+    records: list[dict[str, Any]] = []
     if not os.path.exists(path):
         return records
     with open(path, encoding="utf-8") as file:

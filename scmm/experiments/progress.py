@@ -29,9 +29,7 @@ class Progress:
         """Report that training reached ``step`` with these metrics."""
         if self._bar is not None:
             self._bar.n = step
-            self._bar.set_postfix(
-                {k: f"{v:.4g}" for k, v in metrics.items()}, refresh=False
-            )
+            self._bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()}, refresh=False)
             self._bar.refresh()
             return
         now = time.time()

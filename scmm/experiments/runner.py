@@ -131,9 +131,10 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
                 mode = "online" if wandb_logged_in() else "offline"
             meta = self.settings.metadata
             id_path = os.path.join(self.out_dir, "wandb_id.txt")
-            run_id = open(id_path, encoding="utf-8").read().strip() if (
-                self.resume and os.path.exists(id_path)
-            ) else None
+            run_id = None
+            if self.resume and os.path.exists(id_path):
+                with open(id_path, encoding="utf-8") as file:
+                    run_id = file.read().strip()
             wandb_tracker = SafeTracker(None, f"WandB ({mode})")
             try:
                 inner = WandbTracker(

@@ -89,8 +89,11 @@ def check_data_folder(path: str) -> None:
             f"data.path={path!r} is not a folder (expected a folder with train.txt,"
             " valid.txt, test.txt)"
         )
-    missing = [n for n in ("train.txt", "valid.txt", "test.txt") if not os.path.isfile(
-        os.path.join(path, n))]
+    missing = [
+        n
+        for n in ("train.txt", "valid.txt", "test.txt")
+        if not os.path.isfile(os.path.join(path, n))
+    ]
     if missing:
         raise FileNotFoundError(f"data.path={path!r} lacks {', '.join(missing)}")
 

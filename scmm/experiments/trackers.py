@@ -49,13 +49,17 @@ class JsonlTracker:
         self._file = open(path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
 
     def log(self, record: dict[str, Any]) -> None:
+        """Record one entry."""
         self._file.write(json.dumps(_json_safe(record), allow_nan=False) + "\n")
         self._file.flush()
 
     def summary(self, summary: dict[str, Any]) -> None:
+        """Record the final summary."""
         self.log({"kind": "summary", **summary})
 
     def finish(self, status: str) -> None:
+        """Close the tracker."""
+        del status  # the status is in the summary record already
         self._file.close()
 
 
@@ -104,7 +108,7 @@ class WandbTracker:
 
         self._wandb = wandb
         self.run = wandb.init(
-            mode=mode,
+            mode=mode,  # type: ignore[arg-type]
             dir=out_dir,
             project=project,
             entity=entity,
@@ -120,6 +124,7 @@ class WandbTracker:
         self.mode = mode
 
     def log(self, record: dict[str, Any]) -> None:
+        """Record one entry."""
         kind = record.get("kind", "record")
         metrics = {
             f"{kind}/{k}": v
@@ -130,11 +135,13 @@ class WandbTracker:
             self.run.log(metrics, step=int(record.get("step", 0)))
 
     def summary(self, summary: dict[str, Any]) -> None:
+        """Record the final summary."""
         for key, value in summary.items():
             if isinstance(value, (int, float, str, bool)):
                 self.run.summary[key] = value
 
     def finish(self, status: str) -> None:
+        """Close the tracker."""
         self.run.finish(exit_code=0 if status == "finished" else 1)
 
 
@@ -159,12 +166,15 @@ class SafeTracker:
             self.inner = None
 
     def log(self, record: dict[str, Any]) -> None:
+        """Record one entry."""
         self._call("log", record)
 
     def summary(self, summary: dict[str, Any]) -> None:
+        """Record the final summary."""
         self._call("summary", summary)
 
     def finish(self, status: str) -> None:
+        """Close the tracker."""
         self._call("finish", status)
 
 
@@ -175,14 +185,17 @@ class CompositeTracker:
         self.trackers = list(trackers)
 
     def log(self, record: dict[str, Any]) -> None:
+        """Record one entry."""
         record = {"time": time.time(), **record}
         for tracker in self.trackers:
             tracker.log(record)
 
     def summary(self, summary: dict[str, Any]) -> None:
+        """Record the final summary."""
         for tracker in self.trackers:
             tracker.summary(summary)
 
     def finish(self, status: str) -> None:
+        """Close the tracker."""
         for tracker in self.trackers:
             tracker.finish(status)

@@ -64,11 +64,15 @@ class Embedding(SeededLayer):
         }
 
 
-class Shift(keras.layers.Layer):
+class Shift(SeededLayer):
     """Shift the sequence right by one, filling position 0 with a learned padding vector.
 
     After the shift, position t holds the embedding of character t-1, so a causal trunk
     predicts character t from characters before t only.
+
+    The padding is initialised N(0, 1) like an embedding row, not zeros: a zero vector at
+    position 0 has zero variance, and layer norm's gradient there is amplified by
+    1/sqrt(epsilon) per norm, which overflows float16 backward passes at initialisation.
     """
 
     def __init__(self, hidden_size: int, **kwargs: Any):
@@ -77,7 +81,9 @@ class Shift(keras.layers.Layer):
 
     def build(self, input_shape: Any = None) -> None:
         self.padding = self.add_weight(
-            name="padding", shape=(self.hidden_size,), initializer="zeros"
+            name="padding",
+            shape=(self.hidden_size,),
+            initializer=seeded_normal(self.weight_seed(0), 1.0),
         )
 
     def call(self, x: tf.Tensor) -> tf.Tensor:

@@ -65,9 +65,10 @@ class Residual(keras.layers.Layer):
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
         # x: (batch, seq, hidden)
-        branch_input = self.norm(x) if self.norm_placement == "pre" else x
+        norm = self.norm
+        branch_input = norm(x) if norm is not None and self.norm_placement == "pre" else x
         y = self._scale(x, self.skip) + self._scale(self.body(branch_input), self.branch)
-        return self.norm(y) if self.norm_placement == "post" else y
+        return norm(y) if norm is not None and self.norm_placement == "post" else y
 
     @staticmethod
     def _scale(x: tf.Tensor, factor: float) -> tf.Tensor:

@@ -37,9 +37,7 @@ class RecurrentHighway(SeededLayer):
             shape=shape,
             initializer=seeded_normal(self.weight_seed(1), stddev),
         )
-        self.bias = self.add_weight(
-            name="bias", shape=(2, self.hidden_size), initializer="zeros"
-        )
+        self.bias = self.add_weight(name="bias", shape=(2, self.hidden_size), initializer="zeros")
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
         dtype = x.dtype

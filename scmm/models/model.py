@@ -79,13 +79,14 @@ class CharLM(keras.Model):
             self.embedding = layers.Embedding(
                 settings.vocab_size, hidden, seed=seed * 1000, name="embedding"
             )
-            self.shift = layers.Shift(hidden, name="shift")
+            self.shift = layers.Shift(hidden, seed=seed * 1000 + 998, name="shift")
             self.blocks = self._make_blocks(settings, seed)
             self.final_norm = layers.LayerNorm(hidden, name="final_norm")
             self.head = layers.Projection(
                 hidden, settings.vocab_size, seed=seed * 1000 + 999, name="head"
             )
-            for layer in [self.embedding, self.shift, *self.blocks, self.final_norm, self.head]:
+            parts: list[keras.layers.Layer] = [self.embedding, self.shift, *self.blocks]
+            for layer in [*parts, self.final_norm, self.head]:
                 layer.build(None)
         self.built = True
 

@@ -114,7 +114,7 @@ class ResidualSettings:
 
 @dataclasses.dataclass
 class ModelSettings:
-    """A character language model: embedding, shift, depth x (sequence, token) blocks, norm, head."""
+    """Character LM: embedding, shift, depth x (sequence, token) blocks, final norm, head."""
 
     vocab_size: int = 0
     """Output classes. 0: taken from the dataset's vocabulary."""

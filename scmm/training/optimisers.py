@@ -41,7 +41,8 @@ class Optimiser:
         scales = learning_rate_scales or [1.0] * len(self.variables)
         if len(scales) != len(self.variables):
             raise ValueError(
-                f"learning_rate_scales has {len(scales)} entries for {len(self.variables)} variables"
+                f"learning_rate_scales has {len(scales)} entries;"
+                f" expected one per variable ({len(self.variables)})"
             )
         self.learning_rate_scales = [float(s) for s in scales]
         self.seed = seed
@@ -103,7 +104,10 @@ class Optimiser:
             if strategy is None:
                 update(variable, grad)
             else:
-                strategy.extended.update(variable, update, args=(grad,))
+                # ``extended.update`` needs the distributed tf.Variable a Keras variable wraps
+                # (as in Keras' own optimisers); ``update`` then runs once per local replica.
+                target = variable.value if isinstance(variable, keras.Variable) else variable
+                strategy.extended.update(target, update, args=(grad,))
         if strategy is None:
             self.step.assign_add(1)
         else:

@@ -84,8 +84,7 @@ class Trainer:
         # tokens, mask: (k, sequences, sequence_length)
         count = tf.shape(tokens)[0]
         arrays = {
-            name: tf.TensorArray(tf.float32, size=count, element_shape=())
-            for name in STEP_METRICS
+            name: tf.TensorArray(tf.float32, size=count, element_shape=()) for name in STEP_METRICS
         }
         for i in tf.range(count):
             outputs = self._train_step_fn(tokens[i], mask[i])
