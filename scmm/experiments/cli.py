@@ -12,6 +12,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 from typing import Any, Optional, Sequence
 
 import draccus
@@ -98,6 +99,19 @@ def overrides_to_tree(pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
     return tree
 
 
+class _SettingsYamlLoader(yaml.SafeLoader):  # pylint: disable=too-many-ancestors
+    """YAML with only true/false as booleans (YAML 1.2): ``wandb: off`` stays the text "off"."""
+
+
+_SettingsYamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_SettingsYamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
 def load_settings_file(path: str) -> dict[str, Any]:
     """A partial settings tree from YAML or JSON (decided by content: JSON is valid YAML)."""
     if not os.path.isfile(path):
@@ -105,7 +119,11 @@ def load_settings_file(path: str) -> dict[str, Any]:
     with open(path, encoding="utf-8") as file:
         text = file.read()
     try:
-        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+        data = (
+            json.loads(text)
+            if path.endswith(".json")
+            else yaml.load(text, Loader=_SettingsYamlLoader)  # a SafeLoader subclass
+        )
     except (json.JSONDecodeError, yaml.YAMLError) as error:
         raise SettingsError(f"--config {path!r} is not valid JSON/YAML: {error}") from None
     if data is None:
@@ -146,9 +164,9 @@ def settings_help() -> str:
     text = io.StringIO()
     parser.parser.print_help(text)
     lines = text.getvalue().splitlines()
-    # Drop draccus' own usage block and --config_path (we have --config).
-    start = next((i for i, line in enumerate(lines) if line.strip().startswith("options:")), 0)
-    return "\n".join(line for line in lines[start:] if "config_path" not in line)
+    # Drop draccus' usage and "options:" blocks (per-section config-file flags we do not use).
+    start = next((i for i, line in enumerate(lines) if line.startswith("ExperimentSettings")), 0)
+    return "\n".join(lines[start:])
 
 
 def parse(argv: Sequence[str]) -> Optional[Invocation]:

@@ -106,6 +106,7 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         self.throughput = Throughput()
         self.last_metrics: dict[str, float] = {}
         self.results: dict[str, dict[str, float]] = {}
+        self.divergence: dict[str, Any] = {}
         self.started = time.time()
         self.tracker: Optional[Tracker] = None
 
@@ -278,6 +279,7 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
             best_valid_loss=self.best_valid_loss,
             best_valid_bpc=bits_per_character(self.best_valid_loss),
             last_train=self.last_metrics,
+            **({"diverged": self.divergence} if self.divergence else {}),
             out_dir=os.path.abspath(self.out_dir),
         )
         return summary
@@ -320,7 +322,21 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
             self._evaluate("test", step)
         except NonFiniteError as error:
             status, code = "diverged", EXIT_DIVERGED
-            self._log("diverged", error.step, tensor=error.tensor, message=str(error))
+            # The trainer reports the last finite step inside the failing call: keep it (when
+            # the first call diverges, last_train is empty and this is all there is).
+            last_finite = {"step": error.step - 1, **error.metrics} if error.metrics else {}
+            self.divergence = {
+                "step": error.step,
+                "tensor": error.tensor,
+                "last_finite": last_finite,
+            }
+            self._log(
+                "diverged",
+                error.step,
+                tensor=error.tensor,
+                message=str(error),
+                last_finite=last_finite,
+            )
             progress.message(f"diverged: {error}")
         except KeyboardInterrupt:
             status, code = "failed", EXIT_FAILED

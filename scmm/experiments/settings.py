@@ -23,7 +23,9 @@ class OutputSettings:
     wandb: Literal["auto", "online", "offline", "off"] = "auto"
     """auto: online when logged in to WandB, offline otherwise; off: JSONL only."""
     wandb_project: str = "scmm"
+    """WandB project the run is logged to."""
     wandb_entity: Optional[str] = None
+    """WandB user or team. None: the logged-in default."""
     progress: Literal["auto", "bar", "lines", "off"] = "auto"
     """auto: a live bar when stderr is a terminal, plain periodic lines otherwise."""
     progress_interval: float = 30.0
@@ -39,9 +41,13 @@ class MetadataSettings:
     """Free-form labels for finding runs later (also sent to WandB)."""
 
     name: str = ""
+    """Run name (also the default output folder's suffix)."""
     tags: list[str] = dataclasses.field(default_factory=list)
+    """Labels, e.g. --metadata.tags "[fp16, baseline]"."""
     notes: str = ""
+    """Free text stored with the run."""
     group: str = ""
+    """WandB group (sweeps put their trials in one group)."""
 
 
 @dataclasses.dataclass

@@ -31,7 +31,9 @@ class AttentionSettings(SequenceMixerSettings):
     """Causal multi-head self-attention with relative sinusoid position scores."""
 
     heads: int = 2
+    """Attention heads; heads x head_size must equal the hidden size."""
     head_size: int = 64
+    """Query/key/value width of each head."""
     frequencies: int = 128
     """Number of sin/cos frequency pairs in the relative position embedding."""
     max_period: float = 1024.0
@@ -57,7 +59,9 @@ class ConvSettings(SequenceMixerSettings):
     """Causal grouped 1-D convolution followed by ReLU."""
 
     kernel_size: int = 7
+    """Characters each output sees (the current one and kernel_size-1 before it)."""
     groups: int = 8
+    """Channel groups (must divide the hidden size); each group convolves separately."""
 
     def validate(self, hidden_size: int) -> None:
         if self.kernel_size < 1:
@@ -93,6 +97,7 @@ class FFNSettings(TokenMixerSettings):
     """Position-wise ReLU MLP with ``multiple`` x hidden inner units."""
 
     multiple: float = 4.0
+    """Inner width as a multiple of the hidden size."""
 
 
 @TokenMixerSettings.register_subclass("none")
@@ -106,6 +111,7 @@ class ResidualSettings:
     """How each mixer is wrapped: norm placement and branch weighting."""
 
     norm: Literal["pre", "post", "none"] = "pre"
+    """Layer norm on the branch input (pre), after the residual add (post), or none."""
     weighting: Literal["plain", "fixed", "mean"] = "plain"
     """plain: x + f(x); fixed: sqrt(1-alpha) x + sqrt(alpha) f(x); mean: alpha_l = 1/(l+1)."""
     alpha: float = 0.5
@@ -119,7 +125,9 @@ class ModelSettings:
     vocab_size: int = 0
     """Output classes. 0: taken from the dataset's vocabulary."""
     hidden_size: int = 128
+    """Width of the residual stream."""
     depth: int = 8
+    """Number of layers, each a sequence-mixer block then (unless token=none) a token-mixer block."""
     residual: ResidualSettings = dataclasses.field(default_factory=ResidualSettings)
     sequence: SequenceMixerSettings = dataclasses.field(default_factory=AttentionSettings)
     token: TokenMixerSettings = dataclasses.field(default_factory=FFNSettings)

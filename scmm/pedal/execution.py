@@ -28,7 +28,7 @@ class ExecutionSettings:
     xla: bool = True
     """Compile step functions with XLA (jit_compile)."""
     deterministic: bool = True
-    """Ask TensorFlow for deterministic kernels (bitwise-repeatable runs on one machine)."""
+    """Deterministic TF kernels, so the same seed gives bitwise-identical runs on one machine."""
 
 
 def available_gpus() -> list[str]:

@@ -44,8 +44,11 @@ class AdamWSettings(OptimiserSettings):
     """Adam with decoupled weight decay (Loshchilov & Hutter)."""
 
     beta1: float = 0.9
+    """Decay of the first-moment (mean gradient) estimate."""
     beta2: float = 0.999
+    """Decay of the second-moment (mean squared gradient) estimate."""
     epsilon: float = 1e-8
+    """Added to the root second moment in the update's denominator."""
 
     def validate(self) -> None:
         super().validate()
@@ -62,6 +65,7 @@ class SGDMSettings(OptimiserSettings):
     """SGD with (heavy-ball) momentum."""
 
     momentum: float = 0.9
+    """Velocity decay: v = momentum * v + g."""
 
     def validate(self) -> None:
         super().validate()
@@ -79,6 +83,7 @@ class TrainingSettings:
     batch_sequences: int = 8
     """Sequences per batch (each data.sequence_length characters)."""
     steps: int = 2**12
+    """Optimiser steps in total."""
     valid_interval: int = 2**10
     """Steps between validations (and checkpoints)."""
     optimiser: OptimiserSettings = dataclasses.field(default_factory=AdamWSettings)
