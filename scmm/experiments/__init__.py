@@ -7,11 +7,15 @@ from .settings import ExperimentSettings, SettingsError, from_dict, to_dict
 
 __all__ = ["ExperimentSettings", "SettingsError", "from_dict", "main", "to_dict"]
 
+# Exit code for bad input (also runner.EXIT_USAGE; repeated here so main() can report bad input
+# without importing TensorFlow).
+EXIT_USAGE = 2
+
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``run_experiment.py``: parse, validate and set up (bad input: one line, exit 2), train."""
+    from .. import datasets
     from . import cli
-    from .runner import EXIT_USAGE, Experiment, default_out_dir
 
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -19,6 +23,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if invocation is None:
             return 0
         invocation.settings.validate()
+        # Data problems (e.g. a character outside vocab.json) are found before TensorFlow
+        # starts; the load is cached, so the experiment's own load below is instant.
+        datasets.load_dataset(invocation.settings.data)
+        from .runner import Experiment, default_out_dir
+
         out_dir = invocation.out or default_out_dir(invocation.settings)
         experiment = Experiment(invocation.settings, out_dir, resume=invocation.resume is not None)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError) as error:

@@ -7,6 +7,7 @@ the target with ``os.replace`` (atomic on POSIX within one filesystem).
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from typing import IO, Any, Iterator
@@ -33,10 +34,21 @@ def atomic_open(path: str, mode: str = "w") -> Iterator[IO[Any]]:
         raise
 
 
+def finite_or_none(value: Any) -> Any:
+    """Replace NaN/inf floats (recursively) by None, so the result is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
 def write_json(path: str, data: Any) -> None:
-    """Atomically write ``data`` as indented JSON."""
+    """Atomically write ``data`` as indented strict JSON (non-finite numbers become null)."""
     with atomic_open(path) as file:
-        json.dump(data, file, indent=2, sort_keys=False, allow_nan=True)
+        json.dump(finite_or_none(data), file, indent=2, sort_keys=False, allow_nan=False)
         file.write("\n")
 
 

@@ -266,7 +266,8 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
                 progress.update(step, {**shown, "valid_bpc": valid["bpc"]}, force=True)
 
     def _summary(self, status: str) -> dict[str, Any]:
-        summary: dict[str, Any] = {"status": status, "step": self.trainer.step}
+        step = self.divergence["step"] - 1 if self.divergence else self.trainer.step
+        summary: dict[str, Any] = {"status": status, "step": step}
         for split in ("train", "valid", "test"):
             if split in self.results:
                 summary[f"{split}_loss"] = self.results[split]["loss"]

@@ -12,7 +12,7 @@ import draccus
 
 from ..datasets.settings import DataSettings
 from ..models.settings import ModelSettings
-from ..pedal.execution import ExecutionSettings
+from ..pedal.settings import ExecutionSettings
 from ..training.settings import TrainingSettings
 
 

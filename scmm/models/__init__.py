@@ -1,6 +1,10 @@
-"""Character language models built from one settings dataclass."""
+"""Character language models built from one settings dataclass.
 
-from .model import CharLM, dtype_policy_name, masked_cross_entropy
+Settings import without TensorFlow; the model classes load it on first use.
+"""
+
+from typing import TYPE_CHECKING, Any
+
 from .settings import (
     AttentionSettings,
     ConvSettings,
@@ -13,9 +17,13 @@ from .settings import (
     TokenMixerSettings,
 )
 
+if TYPE_CHECKING:
+    from .model import CharLM, dtype_policy_name, masked_cross_entropy
+
+_LAZY = ("CharLM", "dtype_policy_name", "masked_cross_entropy")
+
 __all__ = [
     "AttentionSettings",
-    "CharLM",
     "ConvSettings",
     "FFNSettings",
     "ModelSettings",
@@ -24,6 +32,13 @@ __all__ = [
     "ResidualSettings",
     "SequenceMixerSettings",
     "TokenMixerSettings",
-    "dtype_policy_name",
-    "masked_cross_entropy",
+    *_LAZY,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from . import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -192,13 +192,14 @@ class CharLM(keras.Model):
             raise ValueError(
                 f"weight names differ: missing {sorted(missing)}, unexpected {sorted(unexpected)}"
             )
-        for name, variable in named.items():
+        for name, variable in named.items():  # check everything before assigning anything
             value = arrays[name]
             if tuple(value.shape) != tuple(variable.shape):
                 raise ValueError(
                     f"weight {name}: shape {value.shape} != expected {tuple(variable.shape)}"
                 )
-            variable.assign(value.astype(variable.dtype))
+        for name, variable in named.items():
+            variable.assign(arrays[name].astype(variable.dtype))
 
     def parameter_count(self) -> int:
         """Total number of trainable scalars."""

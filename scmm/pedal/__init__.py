@@ -1,11 +1,24 @@
-"""Execution adapter (device choice, XLA, seeds, batch streaming)."""
+"""Execution adapter (device choice, XLA, seeds, batch streaming).
 
-from .execution import (
-    Execution,
-    ExecutionSettings,
-    available_gpus,
-    set_cpu_threads,
-    split_seed,
-)
+Settings import without TensorFlow; the execution classes load it on first use, so the
+command line can reject bad input before TensorFlow starts.
+"""
 
-__all__ = ["Execution", "ExecutionSettings", "available_gpus", "set_cpu_threads", "split_seed"]
+from typing import TYPE_CHECKING, Any
+
+from .settings import ExecutionSettings
+
+if TYPE_CHECKING:
+    from .execution import Execution, available_gpus, set_cpu_threads, split_seed
+
+_LAZY = ("Execution", "available_gpus", "set_cpu_threads", "split_seed")
+
+__all__ = ["ExecutionSettings", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from . import execution
+
+        return getattr(execution, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,27 +8,16 @@ untested code; ``device="ipu"`` is refused with a clear error instead.
 """
 
 import contextlib
-import dataclasses
 import hashlib
 import os
-from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 import numpy as np
 import tensorflow as tf
 
+from .settings import ExecutionSettings
+
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-@dataclasses.dataclass
-class ExecutionSettings:
-    """Execution target."""
-
-    device: Literal["auto", "cpu", "gpu"] = "auto"
-    """auto: the first GPU when present, else CPU."""
-    xla: bool = True
-    """Compile step functions with XLA (jit_compile)."""
-    deterministic: bool = True
-    """Deterministic TF kernels, so the same seed gives bitwise-identical runs on one machine."""
 
 
 def available_gpus() -> list[str]:

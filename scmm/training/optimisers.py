@@ -140,6 +140,14 @@ class Optimiser:
                 "optimiser state names differ: missing"
                 f" {sorted(expected - set(state))}, unexpected {sorted(set(state) - expected)}"
             )
+        for name, slots in self.slots.items():  # check everything before assigning anything
+            for variable, slot in zip(self.variables, slots):
+                key = f"{variable.path}/{name}"
+                if tuple(np.shape(state[key])) != tuple(slot.shape):
+                    raise ValueError(
+                        f"optimiser state {key}: shape {np.shape(state[key])}"
+                        f" != expected {tuple(slot.shape)}"
+                    )
         self.step.assign(int(state["step"]))
         for name, slots in self.slots.items():
             for variable, slot in zip(self.variables, slots):
