@@ -3,8 +3,8 @@
 score(i, j) = (q_i · k_j + q_i · p_{i-j}) / sqrt(head_size),  for j <= i (causal)
 
 where p_r = W_pos · e_r is a learned per-head projection of a fixed sinusoid embedding e_r of
-the relative distance r = i - j (``frequencies`` sin/cos pairs, periods geometric up to
-``max_period``). The positional term is computed once per (query, distance) pair and moved to
+the relative distance r = i - j (``frequencies`` sin/cos pairs, periods geometric from 4
+characters to ``max_period``). The positional term is computed once per (query, distance) pair and moved to
 (query, key) layout with the "relative shift" reshape trick, which avoids an O(seq^2 x head)
 gather of position keys.
 """
@@ -20,9 +20,22 @@ from .core import SeededLayer, seeded_normal
 MASK_VALUE = -3.0e4
 
 
+MIN_PERIOD = 4.0
+
+
 def sinusoid_embedding(length: int, frequencies: int, max_period: float) -> np.ndarray:
-    """Sin/cos features of distances 0..length-1: (length, 2 * frequencies), float32."""
-    periods = max_period ** (np.arange(frequencies, dtype=np.float64) / frequencies)
+    """Sin/cos features of distances 0..length-1: (length, 2 * frequencies), float32.
+
+    Periods are geometric from 4 characters to ``max_period``. Periods of 2 or less would alias
+    (sin(pi r) = 0 for every integer r), leaving features whose weights get only noise.
+    """
+    if max_period < MIN_PERIOD or frequencies < 1:
+        raise ValueError(
+            f"expected max_period >= {MIN_PERIOD} and frequencies >= 1,"
+            f" got {max_period} and {frequencies}"
+        )
+    exponent = np.arange(frequencies, dtype=np.float64) / max(frequencies - 1, 1)
+    periods = MIN_PERIOD * (max_period / MIN_PERIOD) ** exponent  # (frequencies,)
     angles = np.arange(length, dtype=np.float64)[:, None] * (2 * np.pi / periods)[None, :]
     return np.concatenate([np.sin(angles), np.cos(angles)], axis=1).astype(np.float32)
 

@@ -49,8 +49,8 @@ class AttentionSettings(SequenceMixerSettings):
                 f" = {self.heads * self.head_size} does not fit hidden_size={hidden_size}"
                 f" (expected heads x head_size == hidden_size)"
             )
-        if self.max_period <= 1:
-            raise ValueError(f"model.sequence.max_period must be > 1, got {self.max_period}")
+        if self.max_period < 4:
+            raise ValueError(f"model.sequence.max_period must be >= 4, got {self.max_period}")
 
 
 @SequenceMixerSettings.register_subclass("conv")

@@ -1,0 +1,114 @@
+"""Shared helpers for the numerics tests: small models, batches and executions."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# pylint: disable=wrong-import-position
+from typing import Any, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from scmm.models import (
+    AttentionSettings,
+    CharLM,
+    ConvSettings,
+    ModelSettings,
+    ResidualSettings,
+    RNNSettings,
+    SequenceMixerSettings,
+)
+from scmm.pedal import Execution, ExecutionSettings
+
+KINDS = ("attention", "conv", "rnn")
+VOCAB = 16
+
+# (sequence mixer kind, residual norm placement): every model variant the suite covers.
+MODEL_VARIANTS = [("attention", "pre"), ("attention", "post"), ("conv", "pre"), ("rnn", "pre")]
+
+
+def sequence_settings(kind: str, hidden_size: int) -> SequenceMixerSettings:
+    """Small settings for one sequence-mixer kind."""
+    if kind == "attention":
+        return AttentionSettings(
+            heads=2, head_size=hidden_size // 2, frequencies=8, max_period=64.0
+        )
+    if kind == "conv":
+        return ConvSettings(kernel_size=5, groups=4)
+    if kind == "rnn":
+        return RNNSettings()
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+def model_settings(
+    kind: str = "attention",
+    *,
+    norm: str = "pre",
+    dtype: str = "float32",
+    vocab_size: int = VOCAB,
+    hidden_size: int = 32,
+    depth: int = 2,
+    seed: int = 1,
+) -> ModelSettings:
+    """A small ``ModelSettings`` (default: 2-layer, hidden 32, vocab 16, float32)."""
+    return ModelSettings(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        depth=depth,
+        residual=ResidualSettings(norm=norm),  # type: ignore[arg-type]
+        sequence=sequence_settings(kind, hidden_size),
+        dtype=dtype,  # type: ignore[arg-type]
+        seed=seed,
+    )
+
+
+def make_model(kind: str = "attention", *, master_weights: bool = True, **kwargs: Any) -> CharLM:
+    """A small ``CharLM``; keyword arguments go to ``model_settings``."""
+    return CharLM(model_settings(kind, **kwargs), master_weights=master_weights)
+
+
+def make_execution(xla: bool = True) -> Execution:
+    """CPU execution (the suite runs on CPU; XLA on by default like real runs)."""
+    return Execution(ExecutionSettings(device="cpu", xla=xla))
+
+
+def repeating_batch(
+    pattern: np.ndarray, steps: int, sequences: int, seq_len: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Batches for ``Trainer.train``: each sequence is ``pattern`` tiled from a random phase.
+
+    Shapes (steps, sequences, seq_len). The first ``len(pattern)`` positions are masked out:
+    with a random phase they cannot be predicted, whereas every later character is determined
+    by the preceding period, so a model that learns the pattern can reach zero loss.
+    """
+    period = len(pattern)
+    tiled = np.tile(pattern, seq_len // period + 2)
+    phases = rng.integers(0, period, size=(steps, sequences))
+    tokens = np.stack([np.stack([tiled[p : p + seq_len] for p in row]) for row in phases]).astype(
+        np.int32
+    )
+    mask = np.broadcast_to(np.arange(seq_len) >= period, tokens.shape).copy()
+    return {"tokens": tokens, "mask": mask}
+
+
+def random_batch(
+    steps: int,
+    sequences: int,
+    seq_len: int,
+    rng: np.random.Generator,
+    vocab_size: int = VOCAB,
+    mask: Optional[np.ndarray] = None,
+) -> dict[str, np.ndarray]:
+    """Uniform random tokens (steps, sequences, seq_len); all positions scored by default."""
+    tokens = rng.integers(0, vocab_size, size=(steps, sequences, seq_len)).astype(np.int32)
+    if mask is None:
+        mask = np.ones(tokens.shape, bool)
+    return {"tokens": tokens, "mask": mask}
+
+
+def as_float64(x: Any) -> np.ndarray:
+    """A tensor / variable / array as float64 numpy (bfloat16 included)."""
+    if isinstance(x, (tf.Tensor, tf.Variable)) or hasattr(x, "numpy"):
+        x = tf.cast(tf.convert_to_tensor(x), tf.float32).numpy()
+    return np.asarray(x, dtype=np.float64)
