@@ -67,6 +67,9 @@ class Optimiser:
             rate = rate * tf.pow(2.0, -tf.cast(step, tf.float32) * decay)
         return rate
 
+    def _prepare(self, step: tf.Tensor) -> None:
+        """Per-step quantities shared by all variables (computed once, not per variable)."""
+
     # Subclasses: return the float32 change to add to the weight, updating slots in place.
     def _delta(
         self, index: int, weight: tf.Tensor, grad: tf.Tensor, rate: tf.Tensor, step: tf.Tensor
@@ -94,6 +97,7 @@ class Optimiser:
     ) -> None:
         step = self.step + 1  # 1-based inside the update (Adam's bias correction)
         rate = self.learning_rate(self.step)
+        self._prepare(step)
         for index, (variable, grad) in enumerate(zip(self.variables, grads)):
 
             def update(var: tf.Variable, grad: tf.Tensor, index: int = index) -> tf.Tensor:
@@ -158,6 +162,15 @@ class AdamW(Optimiser):
     """Adam with bias correction and decoupled weight decay."""
 
     slot_names = ("m", "v")
+    _corrections: tuple[tf.Tensor, tf.Tensor]
+
+    def _prepare(self, step: tf.Tensor) -> None:
+        assert isinstance(self.settings, AdamWSettings)
+        t = tf.cast(step, tf.float32)
+        self._corrections = (
+            1 - tf.pow(self.settings.beta1, t),
+            1 - tf.pow(self.settings.beta2, t),
+        )
 
     def _delta(
         self, index: int, weight: tf.Tensor, grad: tf.Tensor, rate: tf.Tensor, step: tf.Tensor
@@ -167,9 +180,8 @@ class AdamW(Optimiser):
         m, v = self.slots["m"][index], self.slots["v"][index]
         m.assign(s.beta1 * m + (1 - s.beta1) * grad)
         v.assign(s.beta2 * v + (1 - s.beta2) * tf.square(grad))
-        t = tf.cast(step, tf.float32)
-        m_hat = m / (1 - tf.pow(s.beta1, t))
-        v_hat = v / (1 - tf.pow(s.beta2, t))
+        m_hat = m / self._corrections[0]
+        v_hat = v / self._corrections[1]
         scaled_rate = rate * self.learning_rate_scales[index]
         return -scaled_rate * (m_hat / (tf.sqrt(v_hat) + s.epsilon) + s.weight_decay * weight)
 

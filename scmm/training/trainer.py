@@ -75,7 +75,9 @@ class Trainer:
             outputs = self.model(tokens, mask)
             scaled_loss = outputs["loss"] * loss_scale
         grads = tape.gradient(scaled_loss, self.variables)
-        grads = [tf.cast(tf.convert_to_tensor(g), tf.float32) / loss_scale for g in grads]
+        grads = [tf.cast(tf.convert_to_tensor(g), tf.float32) for g in grads]
+        if loss_scale != 1.0:
+            grads = [g / loss_scale for g in grads]
         rate = self.optimiser.learning_rate(self.optimiser.step)
         self.optimiser.apply(grads)
         return {**outputs, "learning_rate": rate}
