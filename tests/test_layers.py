@@ -41,7 +41,7 @@ def np_layer_norm(
 
 
 def np_sinusoid(distance: int, frequencies: int, max_period: float) -> np.ndarray:
-    """e_r = [sin(2 pi r / P_f)]_f ++ [cos(2 pi r / P_f)]_f with P_f = 4 (max_period/4)^(f/(F-1))."""
+    """e_r = [sin(2 pi r / P_f)]_f ++ [cos(2 pi r / P_f)]_f, P_f = 4 (max_period/4)^(f/(F-1))."""
     e = np.zeros(2 * frequencies)
     for f in range(frequencies):
         period = 4.0 * (max_period / 4.0) ** (f / (frequencies - 1))

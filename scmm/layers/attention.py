@@ -4,9 +4,9 @@ score(i, j) = (q_i · k_j + q_i · p_{i-j}) / sqrt(head_size),  for j <= i (caus
 
 where p_r = W_pos · e_r is a learned per-head projection of a fixed sinusoid embedding e_r of
 the relative distance r = i - j (``frequencies`` sin/cos pairs, periods geometric from 4
-characters to ``max_period``). The positional term is computed once per (query, distance) pair and moved to
-(query, key) layout with the "relative shift" reshape trick, which avoids an O(seq^2 x head)
-gather of position keys.
+characters to ``max_period``). The positional term is computed once per (query, distance)
+pair and moved to (query, key) layout with the "relative shift" reshape trick, which avoids an
+O(seq^2 x head) gather of position keys.
 """
 
 from typing import Any

@@ -127,7 +127,7 @@ class ModelSettings:
     hidden_size: int = 128
     """Width of the residual stream."""
     depth: int = 8
-    """Number of layers, each a sequence-mixer block then (unless token=none) a token-mixer block."""
+    """Layers, each a sequence-mixer block then (unless token=none) a token-mixer block."""
     residual: ResidualSettings = dataclasses.field(default_factory=ResidualSettings)
     sequence: SequenceMixerSettings = dataclasses.field(default_factory=AttentionSettings)
     token: TokenMixerSettings = dataclasses.field(default_factory=FFNSettings)
