@@ -1,0 +1,40 @@
+"""Scale analysis: per-tensor statistics of the forward/backward pass and their figure.
+
+``collect_scales`` (one batch -> ``ScaleRecord`` list), ``write_scales_json`` /
+``load_scales_json`` (atomic JSON list) and ``plot_scales`` (PNG of log2 RMS per layer against
+the float16 / bfloat16 / FP8 ranges, drawn on an Agg canvas: no display or pyplot needed).
+"""
+
+from .plots import plot_scales
+from .scales import (
+    FORMATS,
+    LOSS_GRADIENT_NAME,
+    PASSES,
+    FormatRange,
+    ScaleRecord,
+    collect_scales,
+    format_fractions,
+    format_range,
+    layer_paths,
+    load_scales_json,
+    select,
+    tensor_record,
+    write_scales_json,
+)
+
+__all__ = [
+    "FORMATS",
+    "LOSS_GRADIENT_NAME",
+    "PASSES",
+    "FormatRange",
+    "ScaleRecord",
+    "collect_scales",
+    "format_fractions",
+    "format_range",
+    "layer_paths",
+    "load_scales_json",
+    "plot_scales",
+    "select",
+    "tensor_record",
+    "write_scales_json",
+]
