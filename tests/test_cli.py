@@ -259,6 +259,20 @@ def test_settings_round_trip_through_json(name: str) -> None:
     assert from_dict(json.loads(json.dumps(to_dict(settings)))) == settings
 
 
+def test_analyse_flag_sets_output_analyse() -> None:
+    def analyse(argv: list[str]) -> str:
+        invocation = cli.parse(argv)
+        assert invocation is not None
+        return invocation.settings.output.analyse
+
+    assert analyse([]) == "off"
+    assert analyse(["--analyse"]) == "init"
+    # An explicit, stronger setting wins over the shorthand.
+    assert analyse(["--analyse", "--output.analyse", "validation"]) == "validation"
+    with pytest.raises(SettingsError, match="output.analyse"):
+        cli.parse(["--output.analyse", "sometimes"])
+
+
 def test_help_lists_every_settings_section(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.parse(["--help"]) is None
     out = capsys.readouterr().out
@@ -280,6 +294,8 @@ def test_help_lists_every_settings_section(capsys: pytest.CaptureFixture[str]) -
         "--execution.xla",
         "--output.wandb",
         "--metadata.tags",
+        "--analyse",
+        "--output.analyse",
     ):
         assert flag in out, flag
     for name in presets.PRESETS:

@@ -92,7 +92,9 @@ def fixture_runs(
     pool = RunPool()
     env = run_env(cache_dir)
     # 4. The smoke preset as a user runs it (embedded corpus, XLA on).
-    pool.start("smoke", root / "smoke", ["--preset", "smoke", "--output.wandb", "off"], env)
+    pool.start(
+        "smoke", root / "smoke", ["--preset", "smoke", "--output.wandb", "off", "--analyse"], env
+    )
     # 5. A folder no run has seen (fresh text, no vocab.json, not in the cache).
     unseen = root / "unseen-data"
     pool.extra["unseen_texts"] = write_grammar_folder(unseen, train_chars=300_000)
@@ -216,6 +218,16 @@ def test_smoke_run_end_to_end(runs: RunPool) -> None:
     for kind in ("settings", "stats", "train_step", "eval_valid", "eval_train", "eval_test"):
         assert kind in kinds, kind
     assert kinds[:2] == ["settings", "stats"] and kinds[-1] == "summary"
+    # --analyse: scale statistics at initialisation, as JSON records and a figure.
+    assert [r["step"] for r in records if r["kind"] == "analysis"] == [0]
+    scales = json.loads((out / "scales.json").read_text(encoding="utf-8"))
+    assert {r["pass"] for r in scales} == {"forward", "backward", "weight_gradient"}
+    assert {r["step"] for r in scales} == {0}
+    for record in scales:
+        assert {"name", "std", "rms", "abs_max", "zero_fraction"} <= set(record), record
+    names = {r["name"] for r in scales if r["pass"] == "forward"}
+    assert {"embedding", "head", "final_norm"} <= names
+    assert (out / "scales.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(train_losses(records)) == [16, 32, 48, 64]
     valids = [r for r in records if r["kind"] == "eval_valid"]
     assert [r["step"] for r in valids] == [32, 64]

@@ -29,7 +29,7 @@ RESUME_OVERRIDABLE = ("training.steps", "output.")
 
 HELP_HEADER = """\
 usage: run_experiment.py [--preset NAME] [--config FILE] [--out DIR] [--resume DIR]
-                         [--SECTION.FIELD VALUE ...]
+                         [--analyse] [--SECTION.FIELD VALUE ...]
 
 Train one character language model and write settings.json, log.jsonl, summary.json and
 checkpoints to --out.
@@ -40,6 +40,9 @@ Run options:
   --out DIR         output folder (default: out/<time>-<preset>)
   --resume DIR      continue the run in DIR from its last checkpoint (its settings.json is
                     used; only training.steps and output.* may be overridden)
+  --analyse         write scales.json and scales.png (per-layer forward, backward and
+                    weight-gradient scales) at initialisation; --output.analyse validation
+                    repeats it at every validation
   -h, --help        show this help
 
 Settings (any field by dotted path, e.g. --model.hidden_size 256; choice nodes take
@@ -138,6 +141,7 @@ def split_arguments(argv: Sequence[str]) -> tuple[argparse.Namespace, list[tuple
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     for flag in ("--preset", "--config", "--out", "--resume"):
         parser.add_argument(flag)
+    parser.add_argument("--analyse", action="store_true")
     parser.add_argument("-h", "--help", action="store_true")
     options, rest = parser.parse_known_args(list(argv))
     pairs: list[tuple[str, str]] = []
@@ -189,6 +193,8 @@ def parse(argv: Sequence[str]) -> Optional[Invocation]:
     if options.config:
         tree = merge(tree, load_settings_file(options.config))
     tree = merge(tree, overrides_to_tree(pairs))
+    if options.analyse and tree.get("output", {}).get("analyse", "off") == "off":
+        tree = merge(tree, {"output": {"analyse": "init"}})
     settings = from_dict(tree)
     return Invocation(settings=settings, out=options.out, resume=None)
 

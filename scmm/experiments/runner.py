@@ -217,6 +217,38 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         self._log(kind, step, **result)
         return result
 
+    def _analyse(self, step: int) -> None:
+        """Scale statistics on a fixed training batch -> scales.json (all steps) and scales.png."""
+        from .. import analysis  # matplotlib is only loaded when analysis is asked for
+
+        assert self.settings.seed is not None
+        stream = datasets.TrainBatchStream(
+            self.dataset.splits["train"],
+            self.settings.training.batch_sequences,
+            self.settings.data.sequence_length,
+            self.settings.data.overlap_length,
+            seed=split_seed(self.settings.seed, "analysis"),
+        )
+        batch = {k: v[0] for k, v in stream.next(1).items()}  # (sequences, length)
+        with self.execution.scope():
+            records = analysis.collect_scales(self.model, batch, step=step)
+        path = os.path.join(self.out_dir, "scales.json")
+        analysis.write_scales_json(path, records, append=os.path.exists(path))
+        title = f"{self.settings.metadata.name or os.path.basename(self.out_dir)}: tensor scales"
+        analysis.plot_scales(
+            analysis.load_scales_json(path), os.path.join(self.out_dir, "scales.png"), title=title
+        )
+        worst = max(records, key=lambda r: abs(np.log2(max(r.rms, 1e-45))))
+        self._log(
+            "analysis",
+            step,
+            records=len(records),
+            path=path,
+            most_extreme=worst.name,
+            most_extreme_pass=worst.pass_,
+            most_extreme_rms=worst.rms,
+        )
+
     def _train_chunk(self, count: int, seen_counts: set[int]) -> dict[str, float]:
         batch = self.stream.next(count)
         start = time.time()
@@ -262,6 +294,8 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
                 improved = valid["loss"] < self.best_valid_loss
                 self.best_valid_loss = min(self.best_valid_loss, valid["loss"])
                 self._save_checkpoint(improved)
+                if self.settings.output.analyse == "validation":
+                    self._analyse(step)
                 progress.message(f"step {step}: valid bpc {valid['bpc']:.4f}")
                 progress.update(step, {**shown, "valid_bpc": valid["bpc"]}, force=True)
 
@@ -315,6 +349,8 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         )
         status, code = "finished", EXIT_FINISHED
         try:
+            if self.settings.output.analyse != "off" and start_step == 0:
+                self._analyse(0)
             self._loop(progress)
             step = self.trainer.step
             if "valid" not in self.results:

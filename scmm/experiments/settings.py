@@ -34,6 +34,9 @@ class OutputSettings:
     """Characters from the start of the training split evaluated for train_bpc."""
     keep_best: bool = True
     """Keep checkpoints/best.npz (lowest validation loss) beside checkpoints/last.npz."""
+    analyse: Literal["off", "init", "validation"] = "off"
+    """Scale analysis (scales.json, scales.png): off; at initialisation (init; also --analyse);
+    or at initialisation and every validation (validation)."""
 
 
 @dataclasses.dataclass
