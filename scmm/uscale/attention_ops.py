@@ -1,0 +1,166 @@
+"""Unit-scaled pieces of causal relative-position attention (``scmm.layers.Attention``).
+
+A unit-scaled Attention layer with unit-initialised weights is::
+
+    q, k, v = qkv_projection(x, qkv)                  # (b, heads, s, hs) each, unit
+    pos = positional_keys(embedding, positional, b)   # (heads, s, hs), unit
+    mixed = causal_attention(q, k, v, pos)            # (b, s, heads, hs), ~unit
+    out = add_bias(projection(mixed, output_kernel), output_bias)
+
+At initialisation this is the baseline layer's function with every weight rescaled. The score
+temperature is unchanged: (q.k + q.p) / sqrt(hs), each term unit, so the logits have variance
+~2, as in the baseline. The temperature is part of the model, not of its scaling.
+
+Softmax + mixing are scaled as *one* op A(q, k, v) = alpha * softmax(scores) v, with the
+same alpha on the q, k and v gradients. That is the consistent choice for three non-cut
+inputs (the output scale equals every input-gradient scale). See ``attention_scale`` for
+alpha and the measured stds.
+"""
+
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from ..layers.attention import MASK_VALUE, relative_shift
+from .ops import weight_contraction
+from .scaling import Constraint, as_compute, constrain, scaling, static_size
+
+# The logits are content + position scores, each ~unit, so their nominal variance is 2. Within a
+# row the position scores of nearby distances are strongly correlated (smooth sinusoids), so
+# they spread the softmax less than independent noise would. 1.35 is the iid variance at which
+# ``attention_scale`` matches the measured output std for the char-LM shapes (unit q, k, v:
+# output 1.00; without the position term the formula at variance 1 gives 0.96).
+LOGIT_VARIANCE = 1.35
+
+
+def qkv_projection(
+    x: tf.Tensor, weight: tf.Tensor, constraint: Constraint = "forward"
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """x (b, s, m) with weight (m, 3, heads, hs) -> q, k, v, each (b, heads, s, hs).
+
+    A ``projection`` with m inputs and n = 3 heads hs outputs. Weight-gradient scale (b s)^-1/2.
+
+    The default constraint is "forward" (scale m^-1/2, both ways), *not* gmean. The scale of q
+    and k is the softmax temperature, which is part of the model. With "forward", q, k and v
+    are unit, as in the baseline with its N(0, 1/m) init. gmean ((m n)^-1/4, the char-LM
+    code's (3 d h heads)^-1/4) would shrink them by (m/n)^1/4 = 0.76 for the char-LM shapes.
+    That flattens the softmax, and measured end to end it gives output std 0.59 and k-grad
+    0.37. With "forward" the measured stds are all within [0.8, 1.7]: x-grad ~1.6 (3 heads hs
+    gradients summed over m inputs).
+    """
+    m = static_size(x.shape[-1:], "qkv_projection input")
+    n = static_size(weight.shape[1:], "qkv_projection weight")
+    rows = static_size(x.shape[:-1], "qkv_projection input")
+    scales = constrain(m**-0.5, n**-0.5, constraint)
+
+    def contract(inputs: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
+        return tf.einsum("bsm,mkna->kbnsa", inputs, w)  # (3, b, heads, s, hs)
+
+    qkv = weight_contraction(x, weight, contract, scales, rows**-0.5)
+    return qkv[0], qkv[1], qkv[2]
+
+
+def positional_keys(
+    embedding: np.ndarray,
+    weight: tf.Tensor,
+    batch: int,
+    dtype: Optional[tf.DType] = None,
+    logit_variance: float = LOGIT_VARIANCE,
+) -> tf.Tensor:
+    """Relative-position keys p_r = c e_r W: embedding (r, f) x weight (f, heads, hs).
+
+    Computed in ``dtype`` (default: the weight's dtype).
+
+    ``embedding`` is a constant, e.g. the reversed ``sinusoid_embedding`` rows the baseline
+    layer uses. The forward scale c = 1 / rms(||e_r||) makes p unit. For sin/cos pairs that is
+    frequencies^-1/2 exactly, the char-LM code's rule.
+
+    The weight is a cut edge, so its gradient scale is free. Its gradient e^T g_p sums over
+    about r/2 distances (mean e^2 = 1/2). Each g_p[r] sums over the b x (s - r) queries at
+    distance r, weighted by their attention probabilities, whose squares average 1/alpha^2.
+    So the scale is alpha (b r / 2)^-1/2, divided by 0.63. That constant was measured at init
+    for the char-LM shapes: the softmax Jacobian's centring, and the squared weights
+    concentrating at short distances. The tests check std within [0.5, 2].
+    """
+    rows = embedding.shape[0]
+    forward = float(np.mean(np.sum(np.square(embedding, dtype=np.float64), axis=-1))) ** -0.5
+    alpha = attention_scale(rows, logit_variance)
+    backward = alpha * (batch * rows / 2) ** -0.5 / POSITIONAL_GRAD_STD
+    dtype = tf.as_dtype(dtype or weight.dtype)
+    w = scaling(as_compute(weight, dtype), forward=forward, backward=backward)
+    return tf.einsum("rf,fna->nra", tf.constant(embedding, dtype), w)  # (heads, r, hs)
+
+
+# Measured std of the positional weight gradient for the char-LM shapes with the scale
+# alpha (b r / 2)^-1/2 alone; dividing by it brings the std to ~1.
+POSITIONAL_GRAD_STD = 0.63
+
+
+def attention_scale(seq: int, logit_variance: float = LOGIT_VARIANCE) -> float:
+    """alpha for causal softmax attention over ``seq`` positions: 1 / rms of the output.
+
+    Query i mixes i + 1 unit values with softmax weights w, so its output variance is
+    sum_j w_ij^2. For n iid logits of variance v, E sum w^2 ~ e^v / (n + e^v - 1). That is 1
+    for n = 1 and e^v / n for large n (a ratio-of-moments estimate of the log-normal weights).
+    Averaged over the rows n = 1..seq::
+
+        alpha = (mean_n e^v / (n + e^v - 1)) ** -1/2
+
+    By symmetry, the mean over keys of v's gradient variance, sum_i w_ij^2, is the same
+    number, so alpha also makes v's gradient ~unit. q and k get the same alpha (the constraint).
+    Their gradients pass through the softmax Jacobian. Measured for the char-LM shapes (b 8,
+    s 256, 2 heads x 64, alpha 3.91) with unit q, k, v: output 1.00, q-grad 1.00, k-grad 0.80,
+    v-grad 1.00. End to end from x through ``qkv_projection``: see
+    ``tests/test_uscale_ops.py``.
+    """
+    growth = math.exp(logit_variance)
+    n = np.arange(1, seq + 1, dtype=np.float64)
+    return float(np.mean(growth / (n + growth - 1.0)) ** -0.5)
+
+
+def _chunk_bounds(length: int, chunk: int) -> Sequence[tuple[int, int]]:
+    return [(start, min(start + chunk, length)) for start in range(0, length, max(chunk, 1))]
+
+
+def causal_attention(
+    q: tf.Tensor,
+    k: tf.Tensor,
+    v: tf.Tensor,
+    pos_keys: tf.Tensor,
+    query_chunk: int = 64,
+    logit_variance: float = LOGIT_VARIANCE,
+) -> tf.Tensor:
+    """alpha * softmax((q k^T + rel(q p^T)) / sqrt(hs) + causal mask) v -> (b, s, heads, hs).
+
+    q, k, v: (b, heads, s, hs). pos_keys: (heads, s, hs) for distances s-1 ... 0 (as from
+    ``positional_keys`` on the reversed sinusoid embedding). Scores, mask (-3e4) and
+    ``relative_shift`` are as in ``scmm.layers.Attention``, including the query chunking.
+    q, k and v get gradient scale alpha and the output forward scale alpha, with
+    alpha = ``attention_scale(s, logit_variance)``. pos_keys is a cut edge (only ``positional``
+    feeds it) and passes unscaled (cast to q's dtype).
+    """
+    seq = q.shape[2]
+    head_size = q.shape[3]
+    if seq is None or head_size is None:
+        raise ValueError(f"causal_attention needs static shapes, got {q.shape}")
+    alpha = attention_scale(seq, logit_variance)
+    dtype = q.dtype
+    q, k, v = (scaling(t, backward=alpha) for t in (q, k, v))
+    pos_keys = as_compute(pos_keys, dtype)
+    temperature = tf.cast(head_size**-0.5, dtype)
+    mixed = []
+    for start, stop in _chunk_bounds(seq, query_chunk):
+        q_c = q[:, :, start:stop]  # (b, heads, chunk, hs)
+        content = tf.einsum("bnia,bnja->bnij", q_c, k[:, :, :stop])  # (b, heads, chunk, stop)
+        position = relative_shift(
+            tf.einsum("bnia,nra->bnir", q_c, pos_keys[:, seq - stop :])
+        )  # (b, heads, chunk, stop)
+        scores = (content + position) * temperature
+        causal = np.arange(stop)[None, :] <= np.arange(start, stop)[:, None]
+        scores = tf.where(tf.constant(causal), scores, tf.cast(MASK_VALUE, dtype))
+        weights = tf.nn.softmax(scores, axis=-1)
+        mixed.append(tf.einsum("bnij,bnja->bina", weights, v[:, :, :stop]))
+    out = mixed[0] if len(mixed) == 1 else tf.concat(mixed, axis=1)  # (b, s, heads, hs)
+    return scaling(out, forward=alpha)
