@@ -229,7 +229,7 @@ def test_malformed_arguments() -> None:
         (["--training.steps", "0"], "training.steps"),
         (["--training.optimiser.learning_rate", "-1"], "learning_rate"),
         (["--seed", "-3"], "seed"),
-        (["--unit_scale", "true"], "unit_scale"),
+        (["--unit_scale", "true", "--model.residual.weighting", "plain"], "unit_scale"),
     ],
 )
 def test_impossible_values_fail_validation(argv: list[str], fragment: str) -> None:

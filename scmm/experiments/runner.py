@@ -19,7 +19,7 @@ import numpy as np
 from .. import datasets
 from ..models import CharLM
 from ..pedal import Execution, split_seed
-from ..training import NonFiniteError, Trainer, bits_per_character
+from ..training import NonFiniteError, Trainer, bits_per_character, vector_learning_rate_scales
 from . import checkpoints
 from .files import write_json
 from .progress import Progress
@@ -87,13 +87,22 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         assert self.settings.seed is not None
         with self.execution.scope():
             self.model = CharLM(
-                self.settings.model, master_weights=self.settings.training.weights == "master"
+                self.settings.model,
+                master_weights=self.settings.training.weights == "master",
+                unit_scale=self.settings.unit_scale,
+            )
+            # Unit-scaled models: vector parameters' learning rate / sqrt(size), as in the paper.
+            scales = (
+                vector_learning_rate_scales(self.model.trainable_weights)
+                if self.settings.unit_scale
+                else None
             )
             self.trainer = Trainer(
                 self.model,
                 self.settings.training,
                 self.execution,
                 seed=split_seed(self.settings.seed, "rounding"),
+                learning_rate_scales=scales,
             )
         self.stream = datasets.TrainBatchStream(
             self.dataset.splits["train"],

@@ -75,10 +75,10 @@ class ExperimentSettings:
         self.data.validate()
         self.model.validate()
         self.training.validate()
-        if self.unit_scale:
+        if self.unit_scale and self.model.residual.weighting == "plain":
             raise ValueError(
-                "unit_scale=true is not available yet: scmm.uscale (the unit-scaled layers)"
-                " is not implemented in this version; expected unit_scale=false"
+                "unit_scale=true needs model.residual.weighting fixed or mean, got 'plain'"
+                " (x + f(x) grows the residual stream, so it has no unit-scaled form)"
             )
         if self.seed is not None and not 0 <= self.seed < 2**31:
             raise ValueError(f"seed must be in [0, 2^31), got {self.seed}")

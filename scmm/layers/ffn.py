@@ -10,13 +10,16 @@ from .core import Projection, SeededLayer
 class FFN(SeededLayer):
     """Two-layer ReLU MLP applied independently at each position."""
 
+    projection_class: type[Projection] = Projection  # the unit-scaled twin swaps this
+
     def __init__(self, hidden_size: int, multiple: float = 4, **kwargs: Any):
         super().__init__(**kwargs)
         self.hidden_size = hidden_size
         self.multiple = multiple
         self.inner_size = int(round(multiple * hidden_size))
-        self.up = Projection(hidden_size, self.inner_size, seed=self.weight_seed(0), name="up")
-        self.down = Projection(self.inner_size, hidden_size, seed=self.weight_seed(1), name="down")
+        make = self.projection_class
+        self.up = make(hidden_size, self.inner_size, seed=self.weight_seed(0), name="up")
+        self.down = make(self.inner_size, hidden_size, seed=self.weight_seed(1), name="down")
 
     def build(self, input_shape: Any = None) -> None:
         self.up.build(None)

@@ -39,6 +39,8 @@ def residual_weights(weighting: str, alpha: float, index: int) -> tuple[float, f
 class Residual(keras.layers.Layer):
     """Residual block: wraps ``body`` (a layer mapping (b, s, h) -> (b, s, h))."""
 
+    norm_class: type[LayerNorm] = LayerNorm  # the unit-scaled twin swaps this
+
     def __init__(
         self,
         body: keras.layers.Layer,
@@ -56,7 +58,7 @@ class Residual(keras.layers.Layer):
         self.norm_placement = norm
         self.skip = skip
         self.branch = branch
-        self.norm = LayerNorm(hidden_size, name="norm") if norm != "none" else None
+        self.norm = self.norm_class(hidden_size, name="norm") if norm != "none" else None
 
     def build(self, input_shape: Any = None) -> None:
         if self.norm is not None:

@@ -7,6 +7,7 @@ sequence mixer after it only sees earlier characters.
 """
 
 import contextlib
+from types import ModuleType
 from typing import Any, Iterator, Optional
 
 import keras
@@ -57,6 +58,19 @@ def masked_cross_entropy(
     return tf.reduce_sum(per_token * weights), tf.reduce_sum(weights)
 
 
+def _unit_scaled_layers() -> ModuleType:
+    # Imported on demand: scmm.uscale builds on scmm.layers, not the other way round.
+    from ..uscale import layers as unit_scaled
+
+    return unit_scaled
+
+
+def _unit_scaled_cross_entropy() -> Any:
+    from ..uscale import softmax_cross_entropy
+
+    return softmax_cross_entropy
+
+
 def _rms(x: tf.Tensor) -> tf.Tensor:
     return tf.sqrt(tf.reduce_mean(tf.square(tf.cast(x, tf.float32))))
 
@@ -64,7 +78,13 @@ def _rms(x: tf.Tensor) -> tf.Tensor:
 class CharLM(keras.Model):
     """Character-level LM built from a ``ModelSettings``; see the module docstring."""
 
-    def __init__(self, settings: ModelSettings, master_weights: bool = True, **kwargs: Any):
+    def __init__(
+        self,
+        settings: ModelSettings,
+        master_weights: bool = True,
+        unit_scale: bool = False,
+        **kwargs: Any,
+    ):
         settings.validate()
         if settings.vocab_size < 1:
             raise ValueError(
@@ -73,16 +93,20 @@ class CharLM(keras.Model):
         policy = dtype_policy_name(settings.dtype, master_weights)
         super().__init__(name=kwargs.pop("name", "char_lm"), dtype=policy, **kwargs)
         self.settings = settings
+        self.unit_scale = unit_scale
+        # One import switches every layer to its unit-scaled twin (same names and weights).
+        self.lib: ModuleType = _unit_scaled_layers() if unit_scale else layers
+        lib = self.lib
         seed = settings.seed if settings.seed is not None else 0
         hidden = settings.hidden_size
         with dtype_policy_scope(policy):
-            self.embedding = layers.Embedding(
+            self.embedding = lib.Embedding(
                 settings.vocab_size, hidden, seed=seed * 1000, name="embedding"
             )
-            self.shift = layers.Shift(hidden, seed=seed * 1000 + 998, name="shift")
+            self.shift = lib.Shift(hidden, seed=seed * 1000 + 998, name="shift")
             self.blocks = self._make_blocks(settings, seed)
-            self.final_norm = layers.LayerNorm(hidden, name="final_norm")
-            self.head = layers.Projection(
+            self.final_norm = lib.LayerNorm(hidden, name="final_norm")
+            self.head = lib.Projection(
                 hidden, settings.vocab_size, seed=seed * 1000 + 999, name="head"
             )
             parts: list[keras.layers.Layer] = [self.embedding, self.shift, *self.blocks]
@@ -90,16 +114,15 @@ class CharLM(keras.Model):
                 layer.build(None)
         self.built = True
 
-    @staticmethod
-    def _make_mixers(settings: ModelSettings, seed: int) -> list[tuple[str, keras.layers.Layer]]:
-        hidden = settings.hidden_size
-        mixers: list[tuple[str, keras.layers.Layer]] = []
+    def _make_mixers(self, settings: ModelSettings, seed: int) -> list[tuple[str, Any]]:
+        lib, hidden = self.lib, settings.hidden_size
+        mixers: list[tuple[str, Any]] = []
         for i in range(settings.depth):
             layer_seed = seed * 1000 + 2 * i + 1
             seq = settings.sequence
             mixer: keras.layers.Layer
             if isinstance(seq, AttentionSettings):
-                mixer = layers.Attention(
+                mixer = lib.Attention(
                     hidden,
                     seq.heads,
                     seq.head_size,
@@ -109,37 +132,41 @@ class CharLM(keras.Model):
                     name="attention",
                 )
             elif isinstance(seq, ConvSettings):
-                mixer = layers.CausalConv(
+                mixer = lib.CausalConv(
                     hidden, seq.kernel_size, seq.groups, seed=layer_seed, name="conv"
                 )
             elif isinstance(seq, RNNSettings):
-                mixer = layers.RecurrentHighway(hidden, seq.rebias, seed=layer_seed, name="rnn")
+                mixer = lib.RecurrentHighway(hidden, seq.rebias, seed=layer_seed, name="rnn")
             else:
                 raise ValueError(f"unknown sequence mixer settings {seq!r}")
             mixers.append((f"layer_{i}_sequence", mixer))
             if isinstance(settings.token, FFNSettings):
-                ffn = layers.FFN(hidden, settings.token.multiple, seed=layer_seed + 1, name="ffn")
+                ffn = lib.FFN(hidden, settings.token.multiple, seed=layer_seed + 1, name="ffn")
                 mixers.append((f"layer_{i}_token", ffn))
             elif not isinstance(settings.token, NoTokenMixerSettings):
                 raise ValueError(f"unknown token mixer settings {settings.token!r}")
         return mixers
 
     def _make_blocks(self, settings: ModelSettings, seed: int) -> list[layers.Residual]:
+        residual = settings.residual
         blocks = []
         for index, (name, mixer) in enumerate(self._make_mixers(settings, seed), start=1):
-            skip, branch = layers.residual_weights(
-                settings.residual.weighting, settings.residual.alpha, index
-            )
-            blocks.append(
-                layers.Residual(
+            if self.unit_scale:
+                tau = self.lib.residual_tau(residual.weighting, residual.alpha, index)
+                block = self.lib.Residual(
+                    mixer, settings.hidden_size, norm=residual.norm, tau=tau, name=name
+                )
+            else:
+                skip, branch = layers.residual_weights(residual.weighting, residual.alpha, index)
+                block = layers.Residual(
                     mixer,
                     settings.hidden_size,
-                    norm=settings.residual.norm,
+                    norm=residual.norm,
                     skip=skip,
                     branch=branch,
                     name=name,
                 )
-            )
+            blocks.append(block)
         return blocks
 
     # Forward pass ---------------------------------------------------------------------------
@@ -163,9 +190,13 @@ class CharLM(keras.Model):
             mask = tf.ones_like(tokens, dtype=tf.bool)
         hidden = self.hidden_states(tokens)
         logits = self.head(self.final_norm(hidden))
-        loss_sum, n_tokens = masked_cross_entropy(logits, tokens, mask)
+        if self.unit_scale:
+            loss, n_tokens = _unit_scaled_cross_entropy()(logits, tokens, mask)
+        else:
+            loss_sum, n_tokens = masked_cross_entropy(logits, tokens, mask)
+            loss = loss_sum / tf.maximum(n_tokens, 1.0)
         return {
-            "loss": loss_sum / tf.maximum(n_tokens, 1.0),
+            "loss": loss,
             "n_tokens": n_tokens,
             "hidden_rms": _rms(hidden),
             "logits_rms": _rms(logits),
