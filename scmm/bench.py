@@ -1,8 +1,9 @@
 """Training-throughput benchmark of the paper's models (``./dev bench``).
 
 Prints, for each configuration, training tokens/s, milliseconds per step and compile time:
-the paper's attention model (hidden 128, depth 8, 2 heads x 64, FFN x4, pre-norm, batch
-8 x 256 characters, float32) with and without XLA, and the paper's conv and RNN models.
+the paper's attention model (hidden 128, depth 8, 2 heads x 64, FFN x4, pre-norm, running-mean
+residuals, batch 8 x 256 characters, float32) with and without XLA, its unit-scaled twin, and
+the paper's conv and RNN models.
 Batches are random ids over a 256-character vocabulary; throughput does not depend on the
 text. Tokens/s is the median over timed calls, each running ``iterations_per_loop`` steps.
 """
@@ -16,9 +17,16 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .models import AttentionSettings, CharLM, ConvSettings, ModelSettings, RNNSettings
+from .models import (
+    AttentionSettings,
+    CharLM,
+    ConvSettings,
+    ModelSettings,
+    ResidualSettings,
+    RNNSettings,
+)
 from .pedal import Execution, ExecutionSettings
-from .training import Trainer, TrainingSettings
+from .training import Trainer, TrainingSettings, vector_learning_rate_scales
 
 VOCAB = 256
 SEQUENCES, LENGTH = 8, 256
@@ -32,6 +40,7 @@ class Case:
     model: ModelSettings
     xla: bool = True
     dtype: str = "float32"
+    unit_scale: bool = False
 
 
 @dataclasses.dataclass
@@ -51,8 +60,11 @@ def paper_cases() -> list[Case]:
         return ModelSettings(vocab_size=VOCAB, hidden_size=128, depth=depth, sequence=sequence)  # type: ignore[arg-type]
 
     attention = model(AttentionSettings(heads=2, head_size=64))
+    # Unit scaling needs weighted residuals; the paper's runs use the running mean for both.
+    attention_mean = dataclasses.replace(attention, residual=ResidualSettings(weighting="mean"))
     return [
-        Case("attention (paper, XLA)", attention),
+        Case("attention (paper, XLA)", attention_mean),
+        Case("attention unit-scaled (paper, XLA)", attention_mean, unit_scale=True),
         Case("attention (paper, no XLA)", attention, xla=False),
         Case("conv (paper, XLA)", model(ConvSettings(kernel_size=7, groups=8))),
         Case("rnn (paper, depth 2, XLA)", model(RNNSettings(rebias=1.0), depth=2)),
@@ -63,8 +75,17 @@ def measure(case: Case, steps_per_call: int = 16, calls: int = 5, seed: int = 0)
     """Compile, then time ``calls`` training calls of ``steps_per_call`` steps each."""
     execution = Execution(ExecutionSettings(xla=case.xla))
     with execution.scope():
-        model = CharLM(dataclasses.replace(case.model, seed=seed, dtype=case.dtype))  # type: ignore[arg-type]
-        trainer = Trainer(model, TrainingSettings(batch_sequences=SEQUENCES), execution)
+        model = CharLM(
+            dataclasses.replace(case.model, seed=seed, dtype=case.dtype),  # type: ignore[arg-type]
+            unit_scale=case.unit_scale,
+        )
+        scales = vector_learning_rate_scales(model.trainable_weights) if case.unit_scale else None
+        trainer = Trainer(
+            model,
+            TrainingSettings(batch_sequences=SEQUENCES),
+            execution,
+            learning_rate_scales=scales,
+        )
     rng = np.random.default_rng(seed)
 
     def batch() -> dict[str, np.ndarray]:

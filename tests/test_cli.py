@@ -226,7 +226,7 @@ def test_malformed_arguments() -> None:
         (["--model.sequence.type", "conv", "--model.sequence.groups", "5"], "groups=5"),
         (["--data.overlap_length", "256"], "overlap_length"),
         (["--data.sequence_length", "64", "--data.overlap_length", "64"], "overlap_length"),
-        (["--training.steps", "0"], "training.steps"),
+        (["--training.steps", "-1"], "training.steps"),
         (["--training.optimiser.learning_rate", "-1"], "learning_rate"),
         (["--seed", "-3"], "seed"),
         (["--unit_scale", "true", "--model.residual.weighting", "plain"], "unit_scale"),

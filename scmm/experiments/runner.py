@@ -7,6 +7,7 @@ and, unless ``output.wandb=off``, a ``wandb/`` folder. Exit codes: 0 finished, 1
 """
 
 import dataclasses
+import math
 import os
 import secrets
 import sys
@@ -411,13 +412,13 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
 def print_summary(summary: dict[str, Any]) -> None:
     """A few lines on stdout at the end of a run."""
 
-    def fmt(key: str) -> str:
+    def fmt(key: str, spec: str = ".4f") -> str:
         value = summary.get(key)
-        return f"{value:.4f}" if isinstance(value, float) else "n/a"
+        return format(value, spec) if isinstance(value, float) and math.isfinite(value) else "n/a"
 
     print(
         f"{summary['status']} at step {summary['step']}: train bpc {fmt('train_bpc')},"
         f" valid bpc {fmt('valid_bpc')}, test bpc {fmt('test_bpc')},"
-        f" {summary['tokens_per_second']:.0f} tokens/s"
+        f" {fmt('tokens_per_second', '.0f')} tokens/s"
     )
     print(f"outputs: {summary['out_dir']}")

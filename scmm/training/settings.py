@@ -98,9 +98,11 @@ class TrainingSettings:
 
     def validate(self) -> None:
         """Raise ValueError naming the first impossible value."""
-        for name in ("batch_sequences", "steps", "valid_interval", "iterations_per_loop"):
+        for name in ("batch_sequences", "valid_interval", "iterations_per_loop"):
             if getattr(self, name) < 1:
                 raise ValueError(f"training.{name} must be >= 1, got {getattr(self, name)}")
+        if self.steps < 0:
+            raise ValueError(f"training.steps must be >= 0 (0: evaluate only), got {self.steps}")
         if not self.loss_scale > 0:
             raise ValueError(f"training.loss_scale must be > 0, got {self.loss_scale}")
         self.optimiser.validate()
