@@ -216,3 +216,27 @@ def test_plot_scales_writes_png(tmp_path: pathlib.Path, attention_case: Case) ->
     assert os.path.getsize(path) > 20_000
     std_path = plot_scales(records, str(tmp_path / "std.png"), statistic="std")
     assert png_size(std_path)[0] >= 800
+
+
+def test_command_line_summarises_and_compares_runs(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from scmm.analysis.__main__ import main as analysis_main
+
+    rng = np.random.default_rng(0)
+    for run, scale in (("unit", 1.0), ("base", 2.0**-12)):
+        (tmp_path / run).mkdir()
+        records = [
+            tensor_record(f"layer_{i}", pass_, rng.normal(size=4096) * scale * 2.0**i)
+            for i in range(3)
+            for pass_ in ("forward", "backward", "weight_gradient")
+        ]
+        write_scales_json(str(tmp_path / run / "scales.json"), records)
+    out = tmp_path / "compare.png"
+    assert analysis_main([str(tmp_path / "unit"), str(tmp_path / "base"), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    # Three layers at 2^0, 2^1, 2^2: a spread of 2 octaves in every pass of both runs.
+    assert text.count("spread 2.0 octaves") == 6
+    assert "log2 median -11.0" in text  # the base run sits 12 octaves lower (median at 2^1)
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert analysis_main([str(tmp_path / "missing")]) == 2
