@@ -43,13 +43,14 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import keras
 import ml_dtypes
 import numpy as np
 import tensorflow as tf
+
+from ..experiments.files import atomic_open
 
 PASSES = ("forward", "backward", "weight_gradient")
 LOSS_GRADIENT_NAME = "loss/logits"
@@ -367,21 +368,9 @@ def write_scales_json(path: str, records: Sequence[ScaleRecord], append: bool = 
     """
     existing = load_scales_json(path) if append and os.path.exists(path) else []
     data = [_strict(r.to_dict()) for r in [*existing, *records]]
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temp_path = tempfile.mkstemp(prefix=".tmp-scales-", suffix=".json", dir=folder)
-    try:
-        os.chmod(temp_path, 0o644)  # mkstemp creates 0600; a results file should be readable
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(data, file, indent=1)
-            file.write("\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temp_path)
-        raise
+    with atomic_open(path) as file:
+        json.dump(data, file, indent=1)
+        file.write("\n")
 
 
 def select(

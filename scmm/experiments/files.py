@@ -22,6 +22,7 @@ def atomic_open(path: str, mode: str = "w") -> Iterator[IO[Any]]:
     os.makedirs(folder, exist_ok=True)
     handle, temp_path = tempfile.mkstemp(prefix=".tmp-", dir=folder)
     try:
+        os.chmod(temp_path, 0o644)  # mkstemp creates 0600; results should be readable by others
         encoding = None if "b" in mode else "utf-8"
         with os.fdopen(handle, mode, encoding=encoding) as file:
             yield file
