@@ -22,6 +22,7 @@ from scmm.models import (
     RNNSettings,
 )
 from scmm.training import AdamWSettings, Trainer, TrainingSettings, vector_learning_rate_scales
+from scmm.uscale import RELU_SCALES, constrain
 from scmm.uscale import layers as ulayers
 
 PAPER_KINDS = {
@@ -159,3 +160,48 @@ def test_unit_scaled_model_rejects_plain_residuals() -> None:
     settings: Any = model_settings("conv")  # weighting "plain"
     with pytest.raises(ValueError, match="weighting"):
         CharLM(settings, unit_scale=True)
+
+
+def test_unit_scaled_conv_model_loss_equals_baseline_with_effective_weights() -> None:
+    """Folding every forward scale into the weights turns the unit model into the baseline.
+
+    ReLU is positively homogeneous, so its forward factor folds into the weights before it
+    (conv) or after it (the FFN's down projection). Losses and logits must then agree to
+    float32 rounding; any unaccounted factor in the unit-scaled graph would break this.
+    """
+    settings = dataclasses.replace(
+        model_settings("conv", seed=5), residual=ResidualSettings(norm="pre", weighting="mean")
+    )
+    unit, base = CharLM(settings, unit_scale=True), CharLM(settings)
+    relu_scale, _ = constrain(*RELU_SCALES, "gmean")
+    hidden, kernel_size, groups = 32, 5, 4  # from model_settings("conv")
+    inner = 4 * hidden
+
+    def projection_scale(m: int, n: int) -> float:
+        return constrain(m**-0.5, n**-0.5, "gmean")[0]
+
+    conv_scale = constrain(
+        (kernel_size * hidden / groups) ** -0.5, (kernel_size * hidden / groups) ** -0.5, "gmean"
+    )[0]
+    effective = {}
+    for name, value in unit.get_weight_arrays().items():
+        if name.endswith("conv/kernel"):
+            value = value * conv_scale * relu_scale
+        elif name.endswith("conv/bias"):
+            value = value * relu_scale
+        elif name.endswith("ffn/up/kernel"):
+            value = value * projection_scale(hidden, inner)
+        elif name.endswith("ffn/down/kernel"):
+            value = value * projection_scale(inner, hidden) * relu_scale
+        elif name == "head/kernel":
+            value = value * projection_scale(hidden, VOCAB)
+        effective[name] = value
+    base.set_weight_arrays(effective)
+    batch = repeating_batch(np.arange(7), 1, 4, 24, np.random.default_rng(0))
+    tokens, mask = batch["tokens"][0], batch["mask"][0]
+    np.testing.assert_allclose(
+        unit.logits(tokens).numpy(), base.logits(tokens).numpy(), rtol=1e-4, atol=1e-5
+    )
+    assert float(unit(tokens, mask)["loss"]) == pytest.approx(
+        float(base(tokens, mask)["loss"]), rel=1e-5
+    )
