@@ -22,7 +22,7 @@ from scmm.models import (
     RNNSettings,
 )
 from scmm.training import AdamWSettings, Trainer, TrainingSettings, vector_learning_rate_scales
-from scmm.uscale import RELU_SCALES, constrain
+from scmm.uscale import RELU_SCALES, attention_ops, attention_scale, constrain
 from scmm.uscale import layers as ulayers
 
 PAPER_KINDS = {
@@ -198,6 +198,48 @@ def test_unit_scaled_conv_model_loss_equals_baseline_with_effective_weights() ->
         effective[name] = value
     base.set_weight_arrays(effective)
     batch = repeating_batch(np.arange(7), 1, 4, 24, np.random.default_rng(0))
+    tokens, mask = batch["tokens"][0], batch["mask"][0]
+    np.testing.assert_allclose(
+        unit.logits(tokens).numpy(), base.logits(tokens).numpy(), rtol=1e-4, atol=1e-5
+    )
+    assert float(unit(tokens, mask)["loss"]) == pytest.approx(
+        float(base(tokens, mask)["loss"]), rel=1e-5
+    )
+
+
+def test_unit_scaled_attention_model_loss_equals_baseline_with_effective_weights() -> None:
+    """As for conv: QKV ("forward" constraint), positional keys (1/sqrt(frequencies)), the
+    attention output factor alpha^(1/2) and the projections all fold into baseline weights."""
+    settings = dataclasses.replace(
+        model_settings("attention", seed=6), residual=ResidualSettings(norm="pre", weighting="mean")
+    )
+    unit, base = CharLM(settings, unit_scale=True), CharLM(settings)
+    relu_scale, _ = constrain(*RELU_SCALES, "gmean")
+    hidden, heads, frequencies, seq = 32, 2, 8, 24  # from model_settings("attention")
+    inner = 4 * hidden
+    alpha = attention_scale(seq) ** attention_ops.VALUE_CORRELATION_POWER
+
+    def projection_scale(m: int, n: int) -> float:
+        return constrain(m**-0.5, n**-0.5, "gmean")[0]
+
+    effective = {}
+    for name, value in unit.get_weight_arrays().items():
+        if name.endswith("attention/qkv"):
+            value = value * hidden**-0.5
+        elif name.endswith("attention/positional"):
+            value = value * frequencies**-0.5
+        elif name.endswith("attention/output_kernel"):
+            value = value * projection_scale(hidden, hidden) * alpha
+        elif name.endswith("ffn/up/kernel"):
+            value = value * projection_scale(hidden, inner)
+        elif name.endswith("ffn/down/kernel"):
+            value = value * projection_scale(inner, hidden) * relu_scale
+        elif name == "head/kernel":
+            value = value * projection_scale(hidden, VOCAB)
+        effective[name] = value
+    assert heads * (hidden // heads) == hidden
+    base.set_weight_arrays(effective)
+    batch = repeating_batch(np.arange(7), 1, 4, seq, np.random.default_rng(0))
     tokens, mask = batch["tokens"][0], batch["mask"][0]
     np.testing.assert_allclose(
         unit.logits(tokens).numpy(), base.logits(tokens).numpy(), rtol=1e-4, atol=1e-5
