@@ -131,6 +131,11 @@ def test_baseline_gradients_are_far_from_unit(init_scales: dict[str, list[ScaleR
     assert 0.5 < unit_backward < 2
 
 
+def projection_scale(m: int, n: int) -> float:
+    """Forward scale of a gmean-constrained unit-scaled projection with m inputs, n outputs."""
+    return constrain(m**-0.5, n**-0.5, "gmean")[0]
+
+
 FIT_THRESHOLD = 0.05  # nats per character on the predictable positions
 
 
@@ -177,9 +182,6 @@ def test_unit_scaled_conv_model_loss_equals_baseline_with_effective_weights() ->
     hidden, kernel_size, groups = 32, 5, 4  # from model_settings("conv")
     inner = 4 * hidden
 
-    def projection_scale(m: int, n: int) -> float:
-        return constrain(m**-0.5, n**-0.5, "gmean")[0]
-
     conv_scale = constrain(
         (kernel_size * hidden / groups) ** -0.5, (kernel_size * hidden / groups) ** -0.5, "gmean"
     )[0]
@@ -218,9 +220,6 @@ def test_unit_scaled_attention_model_loss_equals_baseline_with_effective_weights
     hidden, heads, frequencies, seq = 32, 2, 8, 24  # from model_settings("attention")
     inner = 4 * hidden
     alpha = attention_scale(seq) ** attention_ops.VALUE_CORRELATION_POWER
-
-    def projection_scale(m: int, n: int) -> float:
-        return constrain(m**-0.5, n**-0.5, "gmean")[0]
 
     effective = {}
     for name, value in unit.get_weight_arrays().items():

@@ -17,6 +17,22 @@ import tensorflow as tf
 from .core import SeededLayer, seeded_normal
 
 
+def highway_scan(gates_in: tf.Tensor, recurrent: tf.Tensor) -> tf.Tensor:
+    """Run the RHN recurrence: gates_in (s, b, 2, h) input halves (bias and rebias included),
+    recurrent kernel (h, 2, h) -> states (b, s, h). Shared by the unit-scaled twin."""
+
+    def step(state: tf.Tensor, gate_in: tf.Tensor) -> tf.Tensor:
+        # state: (b, h), gate_in: (b, 2, h)
+        pre = gate_in + tf.einsum("bh,hgk->bgk", state, recurrent)
+        candidate = tf.tanh(pre[:, 0])
+        transform = tf.sigmoid(pre[:, 1])
+        return state + transform * (candidate - state)
+
+    initial = tf.zeros_like(gates_in[0, :, 0])  # (b, h)
+    states = tf.scan(step, gates_in, initializer=initial)  # (s, b, h)
+    return tf.transpose(states, [1, 0, 2])  # (b, s, h)
+
+
 class RecurrentHighway(SeededLayer):
     """RHN cell scanned over time: (batch, seq, hidden) -> states (batch, seq, hidden)."""
 
@@ -45,17 +61,7 @@ class RecurrentHighway(SeededLayer):
         bias = tf.cast(self.bias, dtype) - tf.constant([[0.0], [self.rebias]], dtype)  # (2, h)
         gates_in = tf.einsum("bsh,hgk->sbgk", x, tf.cast(self.input_kernel, dtype)) + bias
         recurrent = tf.cast(self.recurrent_kernel, dtype)  # (h, 2, h)
-
-        def step(state: tf.Tensor, gate_in: tf.Tensor) -> tf.Tensor:
-            # state: (b, h), gate_in: (b, 2, h)
-            pre = gate_in + tf.einsum("bh,hgk->bgk", state, recurrent)
-            candidate = tf.tanh(pre[:, 0])
-            transform = tf.sigmoid(pre[:, 1])
-            return state + transform * (candidate - state)
-
-        initial = tf.zeros_like(gates_in[0, :, 0])  # (b, h)
-        states = tf.scan(step, gates_in, initializer=initial)  # (s, b, h)
-        return tf.transpose(states, [1, 0, 2])  # (b, s, h)
+        return highway_scan(gates_in, recurrent)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "hidden_size": self.hidden_size, "rebias": self.rebias}

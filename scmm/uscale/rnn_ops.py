@@ -10,6 +10,7 @@ activations to rescale: the state update s + g (h - s) needs g in (0, 1) and h i
 
 import tensorflow as tf
 
+from ..layers.rnn import highway_scan
 from .scaling import as_compute, scaling, static_size
 
 # The states are running averages of tanh candidates with a mostly-closed transform gate
@@ -77,14 +78,4 @@ def recurrent_highway(
     shift = tf.constant([[0.0], [rebias]], dtype)  # (2, 1)
     bias_t = scaling(as_compute(bias, dtype), backward=rows**-0.5 * BIAS_GRAD_FACTOR)
     gates_in = gates_in + (bias_t - shift)
-
-    def step(state: tf.Tensor, gate_in: tf.Tensor) -> tf.Tensor:
-        # state: (b, h), gate_in: (b, 2, h)
-        pre = gate_in + tf.einsum("bh,hgk->bgk", state, r)
-        candidate = tf.tanh(pre[:, 0])
-        transform = tf.sigmoid(pre[:, 1])
-        return state + transform * (candidate - state)
-
-    initial = tf.zeros_like(gates_in[0, :, 0])  # (b, h)
-    states = tf.scan(step, gates_in, initializer=initial)  # (s, b, h)
-    return tf.transpose(states, [1, 0, 2]) * tf.cast(RHN_OUTPUT_SCALE, dtype)  # (b, s, h)
+    return highway_scan(gates_in, r) * tf.cast(RHN_OUTPUT_SCALE, dtype)  # (b, s, h)
