@@ -1,0 +1,156 @@
+"""``run_sweep.py``: parse, expand and validate (all before any trial starts), then run."""
+
+import argparse
+import math
+import os
+import sys
+from typing import Optional, Sequence
+
+from ..experiments import cli as experiment_cli
+from ..experiments.settings import SettingsError, check_data_folder
+from .definition import Configuration, SweepDefinition, expand, load_definition
+
+EXIT_USAGE = 2
+
+DESCRIPTION = """\
+Run a sweep of experiments: a sweep preset or YAML/JSON sweep file, expanded into
+configurations (cartesian product of its axes minus its filters), each with an optional
+learning-rate search and repeats. Trials run as separate processes; DIR/sweep.jsonl records
+their states, so re-running the same command resumes. Results: DIR/results.csv, DIR/table.md,
+DIR/lr_sweep.png. Any other --SECTION.FIELD VALUE applies to every trial (e.g. --data.path).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The sweep's own options (settings overrides are split off before parsing)."""
+    from . import presets  # pylint: disable=import-outside-toplevel
+
+    parser = argparse.ArgumentParser(prog="run_sweep.py", description=DESCRIPTION)
+    parser.add_argument(
+        "sweep", help=f"sweep preset ({', '.join(sorted(presets.SWEEPS))}) or sweep file"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="list every trial; run nothing")
+    parser.add_argument("--out", help="sweep folder (default: out/sweeps/<name>)")
+    parser.add_argument("--workers", type=int, default=0, help="parallel trials (default: cores)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="CPU threads per trial (default: cores / workers)"
+    )
+    parser.add_argument("--executor", choices=("local", "ray"), default="local")
+    parser.add_argument("--ray-address", help="Ray cluster address (default: start a local Ray)")
+    parser.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=-1.0,
+        help="Ray GPUs per trial (default: 1 when the cluster has GPUs, else 0)",
+    )
+    parser.add_argument(
+        "--retries", type=int, default=1, help="re-runs of a crashed trial (default 1)"
+    )
+    return parser
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Separate ``--a.b VALUE`` settings overrides (dotted) from the sweep's own options."""
+    own: list[str] = []
+    pairs: list[tuple[str, str]] = []
+    items = list(argv)
+    position = 0
+    while position < len(items):
+        item = items[position]
+        if item.startswith("--") and "." in item.split("=")[0]:
+            name, _, value = item[2:].partition("=")
+            if not _:
+                if position + 1 >= len(items):
+                    raise SettingsError(f"--{name} needs a value")
+                position += 1
+                value = items[position]
+            pairs.append((name, value))
+        else:
+            own.append(item)
+        position += 1
+    return own, pairs
+
+
+def describe(definition: SweepDefinition, configurations: Sequence[Configuration]) -> str:
+    """The dry-run listing: every configuration, its LR search and the trial counts."""
+    lines = [f"sweep {definition.name}: {definition.description}".rstrip(": ")]
+    most = 0
+    for number, config in enumerate(configurations, 1):
+        search = config.lr_search
+        if search is None:
+            rate = config.settings["training"]["optimiser"]["learning_rate"]
+            plan = f"lr 2^{math.log2(rate):.2f}"
+            most += definition.repeats
+        else:
+            plan = (
+                f"LR search from 2^{math.log2(search.start):.2f} x{search.factor:g},"
+                f" stop at best+{search.threshold:g}, <= {search.max_points} points"
+            )
+            most += definition.repeats * search.max_points
+        training = config.settings["training"]
+        lines.append(
+            f"{number:3d}. {config.key}: {plan}, {definition.repeats} repeat(s),"
+            f" {training['steps']} steps, dtype {config.settings['model']['dtype']},"
+            f" loss scale {training['loss_scale']:g}"
+        )
+    first = len(configurations) * definition.repeats
+    lines.append(
+        f"{len(configurations)} configurations; {first} trials at the first LR point,"
+        f" at most {most} in all"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of run_sweep.py."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        own, pairs = split_overrides(argv)
+        args = build_parser().parse_args(own)
+        definition = load_definition(args.sweep)
+        extra = {path: experiment_cli.parse_value(raw) for path, raw in pairs}
+        configurations = expand(definition, extra)
+        workers, threads = _parallelism(args.workers, args.threads)
+        if args.retries < 0:
+            raise SettingsError(f"--retries must be >= 0, got {args.retries}")
+        if args.dry_run:
+            print(describe(definition, configurations))
+            return 0
+        for config in configurations:
+            if config.settings["data"]["path"] is not None:
+                check_data_folder(config.settings["data"]["path"])
+        from .runner import Sweep, SweepOptions  # pylint: disable=import-outside-toplevel
+
+        out_dir = args.out or os.path.join("out", "sweeps", definition.name)
+        sweep = Sweep(
+            definition,
+            configurations,
+            SweepOptions(out_dir=out_dir, threads=threads, retries=args.retries),
+            extra,
+        )
+        executor = _executor(args, workers, threads)
+    except (SettingsError, FileNotFoundError, KeyError, ValueError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"sweep {definition.name}: {len(configurations)} configurations -> {out_dir}")
+    code = sweep.run(executor)
+    print(f"results: {os.path.join(out_dir, 'table.md')}")
+    return code
+
+
+def _parallelism(workers: int, threads: int) -> tuple[int, int]:
+    cores = os.cpu_count() or 1
+    if workers < 0 or threads < 0:
+        raise SettingsError(f"--workers/--threads must be >= 0, got {workers}/{threads}")
+    workers = workers or max(1, cores // max(1, threads))
+    threads = threads or max(1, cores // workers)
+    return workers, threads
+
+
+def _executor(args: argparse.Namespace, workers: int, threads: int) -> object:
+    from . import executors  # pylint: disable=import-outside-toplevel
+
+    if args.executor == "ray":
+        return executors.RayExecutor(args.ray_address, threads, args.gpus_per_trial)
+    return executors.LocalExecutor(workers)

@@ -1,0 +1,106 @@
+"""Named sweeps (``run_sweep.py NAME``), written in the same schema as a sweep file.
+
+- ``paper-table``: the Unit Scaling paper's test-set table (§A of the paper notes): attention
+  pre- and post-norm, conv and RNN pre-norm; FP32 and FP16; regular and unit-scaled; loss
+  scale 1 and 2048 for regular FP16 -- 20 configurations. Each searches its learning rate from
+  2^-14 (regular) or 2^-8 (unit) upward by x2, 3 repeats per LR, stopping 0.1 BPC above the
+  best; 2^19 steps on WikiText-103. Real hardware only (about 20 x 7 x 3 runs of hours each).
+- ``uscale-small``: the four paper models reduced to run on a 2-core CPU, FP32, regular vs
+  unit-scaled, each at its best LR of a short search (the unit-scaling issue's quality check).
+- ``smoke``: two tiny configurations and a two-point LR search, for tests.
+"""
+
+import copy
+from typing import Any
+
+_FP16 = {"model.dtype": "float16", "training.weights": "stochastic"}
+
+_PAPER_COLUMNS: dict[str, Any] = {
+    "dtype": {"float32": {"model.dtype": "float32"}, "float16": _FP16},
+    "variant": {
+        "regular": {"unit_scale": False, "lr_search.start": 2**-14},
+        "unit": {"unit_scale": True, "lr_search.start": 2**-8},
+    },
+    "loss_scale": {"1": {"training.loss_scale": 1.0}, "2048": {"training.loss_scale": 2048.0}},
+}
+_PAPER_FILTERS: list[dict[str, Any]] = [
+    {"model": "conv", "norm": "post"},
+    {"model": "rnn", "norm": "post"},
+    {"variant": "unit", "loss_scale": "2048"},
+    {"dtype": "float32", "loss_scale": "2048"},
+]
+_MODELS = {
+    "attention": {"preset": "paper-attention"},
+    "conv": {"preset": "paper-conv"},
+    "rnn": {"preset": "paper-rnn"},
+}
+
+SWEEPS: dict[str, dict[str, Any]] = {
+    "paper-table": {
+        "description": "The paper's test-set table: 20 configurations, LR search, 3 repeats.",
+        "base": "paper-attention",
+        "overrides": {"output.wandb": "auto"},
+        "axes": {
+            "model": _MODELS,
+            "norm": {"pre": {"model.residual.norm": "pre"}, "post": {"model.residual.norm": "post"}},
+            **_PAPER_COLUMNS,
+        },
+        "filters": _PAPER_FILTERS,
+        "repeats": 3,
+        "lr_search": {"factor": 2.0, "threshold": 0.1, "max_points": 12},
+        "table_rows": ["model", "norm"],
+    },
+    "uscale-small": {
+        "description": "Paper models at reduced scale, FP32, regular vs unit-scaled, LR search.",
+        "base": "paper-attention",
+        "overrides": {
+            "data.path": None,
+            "data.sequence_length": 128,
+            "data.overlap_length": 16,
+            "model.depth": 4,
+            "training.steps": 600,
+            "training.valid_interval": 600,
+            "training.optimiser.learning_rate_decay": 0.0,
+            "output.wandb": "off",
+            "output.train_eval_chars": 2**14,
+            "seed": 1,
+        },
+        "axes": {
+            "model": {
+                "attention": {"preset": "paper-attention"},
+                "attention-post": {"preset": "paper-attention-post"},
+                "conv": {"preset": "paper-conv"},
+                "rnn": {"preset": "paper-rnn", "model.depth": 2},
+            },
+            "variant": {
+                "regular": {"unit_scale": False, "lr_search.start": 2**-11},
+                "unit": {"unit_scale": True, "lr_search.start": 2**-9},
+            },
+        },
+        "repeats": 1,
+        "lr_search": {"factor": 2.0, "threshold": 0.05, "max_points": 6},
+        "table_rows": ["model"],
+    },
+    "smoke": {
+        "description": "Tiny end-to-end sweep for tests (about a minute on 2 cores).",
+        "base": "smoke",
+        "overrides": {
+            "training.steps": 16,
+            "training.valid_interval": 16,
+            "output.wandb": "off",
+            "output.train_eval_chars": 2**10,
+            "model.residual.weighting": "mean",
+            "seed": 3,
+        },
+        "axes": {"variant": {"regular": {"unit_scale": False}, "unit": {"unit_scale": True}}},
+        "repeats": 1,
+        "lr_search": {"start": 2**-8, "factor": 16.0, "threshold": 0.0, "max_points": 2},
+    },
+}
+
+
+def sweep(name: str) -> dict[str, Any]:
+    """A copy of the named sweep definition."""
+    if name not in SWEEPS:
+        raise KeyError(f"unknown sweep {name!r}; expected one of {', '.join(sorted(SWEEPS))}")
+    return copy.deepcopy(SWEEPS[name])

@@ -1,0 +1,233 @@
+"""Sweep results: ``results.csv`` (a row per trial), ``table.md`` (the paper-style pivot) and
+``lr_sweep.png`` (validation BPC against log2 learning rate, a panel per model).
+
+A configuration's cell is the median test BPC over repeats at the learning rate whose median
+validation BPC is best. The 95% confidence interval is the paper's: 2 * mean(std) / sqrt(n)
+with std the spread of test BPC over the n repeats at each cell's best learning rate, averaged
+over cells; cells within it of their row's best are bold.
+"""
+
+import csv
+import dataclasses
+import math
+import statistics
+from typing import Any, Optional, Sequence
+
+from ..experiments.files import atomic_open
+from .index import TrialRecord
+from .search import best_point, point_score
+
+CSV_COLUMNS = (
+    "trial",
+    "config",
+    "learning_rate",
+    "log2_learning_rate",
+    "repeat",
+    "seed",
+    "state",
+    "attempts",
+    "valid_bpc",
+    "test_bpc",
+    "train_bpc",
+    "tokens_per_second",
+    "wall_seconds",
+    "out_dir",
+    "error",
+)
+
+
+@dataclasses.dataclass
+class ConfigResult:
+    """One configuration's search outcome."""
+
+    config: str
+    labels: dict[str, str]
+    scores: dict[int, float]
+    """LR point -> median validation BPC."""
+    learning_rates: dict[int, float]
+    best: Optional[int]
+    test_bpcs: list[float]
+    """Test BPC of each repeat at the best point."""
+
+    @property
+    def best_learning_rate(self) -> Optional[float]:
+        """Learning rate of the best point."""
+        return None if self.best is None else self.learning_rates[self.best]
+
+    @property
+    def test_median(self) -> float:
+        """Median test BPC at the best point (nan without a finished repeat)."""
+        finite = [v for v in self.test_bpcs if math.isfinite(v)]
+        return float(statistics.median(finite)) if finite else math.nan
+
+    @property
+    def test_std(self) -> float:
+        """Std of test BPC over repeats at the best point (nan with fewer than two)."""
+        finite = [v for v in self.test_bpcs if math.isfinite(v)]
+        return float(statistics.stdev(finite)) if len(finite) > 1 else math.nan
+
+
+def summarise(records: Sequence[TrialRecord]) -> list[ConfigResult]:
+    """Group finished/diverged trials by configuration and pick each one's best LR."""
+    by_config: dict[str, list[TrialRecord]] = {}
+    for record in records:
+        if record.done:
+            by_config.setdefault(record.config, []).append(record)
+    results = []
+    for config, group in by_config.items():
+        points: dict[int, list[TrialRecord]] = {}
+        for record in group:
+            points.setdefault(record.point, []).append(record)
+        scores = {k: point_score([_value(r.valid_bpc) for r in rs]) for k, rs in points.items()}
+        best = best_point(scores)
+        tests = [_value(r.test_bpc) for r in points[best]] if best is not None else []
+        results.append(
+            ConfigResult(
+                config=config,
+                labels=group[0].labels,
+                scores=scores,
+                learning_rates={k: rs[0].learning_rate for k, rs in points.items()},
+                best=best,
+                test_bpcs=tests,
+            )
+        )
+    return results
+
+
+def _value(value: Optional[float]) -> float:
+    return math.inf if value is None else float(value)
+
+
+def write_csv(path: str, records: Sequence[TrialRecord]) -> None:
+    """One row per trial, axis labels as extra columns."""
+    axes: list[str] = []
+    for record in records:
+        axes.extend(a for a in record.labels if a not in axes)
+    with atomic_open(path) as file:
+        writer = csv.writer(file)
+        writer.writerow([*axes, *CSV_COLUMNS])
+        for record in records:
+            row = dataclasses.asdict(record)
+            row["log2_learning_rate"] = math.log2(record.learning_rate)
+            writer.writerow([record.labels.get(a, "") for a in axes] + [row[c] for c in CSV_COLUMNS])
+
+
+def confidence_interval(results: Sequence[ConfigResult]) -> float:
+    """The paper's 95% CI: 2 * mean over cells of the std over repeats / sqrt(repeats)."""
+    stds = [r.test_std for r in results if math.isfinite(r.test_std)]
+    counts = [len([v for v in r.test_bpcs if math.isfinite(v)]) for r in results]
+    counts = [c for c in counts if c > 1]
+    if not stds or not counts:
+        return math.nan
+    return 2 * statistics.mean(stds) / math.sqrt(statistics.mean(counts))
+
+
+def table_markdown(
+    results: Sequence[ConfigResult], rows: Sequence[str], columns: Sequence[str], title: str
+) -> str:
+    """The pivot: rows x columns of median test BPC (+- std) at each cell's best LR."""
+    ci = confidence_interval(results)
+    cells = {
+        (tuple(r.labels.get(a, "") for a in rows), tuple(r.labels.get(a, "") for a in columns)): r
+        for r in results
+    }
+    row_keys = _ordered(k[0] for k in cells)
+    col_keys = _ordered(k[1] for k in cells)
+    lines = [f"# {title}", ""]
+    lines.append(
+        "Median test BPC over repeats at the learning rate with the best median validation BPC"
+        " (+- std over repeats; best log2 LR in brackets)."
+    )
+    ci_text = f"{ci:.3f}" if math.isfinite(ci) else "n/a (needs >= 2 repeats)"
+    lines.append(f"95% CI: {ci_text}. **Bold**: within the CI of the row's best.")
+    lines.append("")
+    header = [
+        *rows,
+        *(" ".join(f"{a}={v}" for a, v in zip(columns, c)) or "test BPC" for c in col_keys),
+    ]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    for row in row_keys:
+        medians = [cells[(row, c)].test_median for c in col_keys if (row, c) in cells]
+        finite = [m for m in medians if math.isfinite(m)]
+        row_best = min(finite) if finite else math.nan
+        texts = []
+        for col in col_keys:
+            result = cells.get((row, col))
+            texts.append("" if result is None else _cell(result, row_best, ci))
+        lines.append("| " + " | ".join([*row, *texts]) + " |")
+    lines.append("")
+    diverged = [r.config for r in results if r.best is None]
+    if diverged:
+        lines.append("Configurations with no finite result: " + ", ".join(diverged))
+    return "\n".join(lines) + "\n"
+
+
+def _cell(result: ConfigResult, row_best: float, ci: float) -> str:
+    median = result.test_median
+    if not math.isfinite(median):
+        return "diverged"
+    text = f"{median:.3f}"
+    if math.isfinite(ci) and median <= row_best + ci:
+        text = f"**{text}**"
+    if math.isfinite(result.test_std):
+        text += f" ±{result.test_std:.3f}"
+    if result.best_learning_rate is not None:
+        text += f" ({math.log2(result.best_learning_rate):+.0f})"
+    return text
+
+
+def _ordered(keys: Any) -> list[tuple[str, ...]]:
+    seen: list[tuple[str, ...]] = []
+    for key in keys:
+        if key not in seen:
+            seen.append(key)
+    return seen
+
+
+def plot_lr_sweep(path: str, records: Sequence[TrialRecord], panel_axis: Optional[str]) -> None:
+    """Validation BPC against log2 LR: a line per configuration (median), dots per repeat."""
+    import matplotlib  # pylint: disable=import-outside-toplevel
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot  # pylint: disable=import-outside-toplevel
+
+    results = summarise(records)
+    panels = _ordered((r.labels.get(panel_axis, ""),) for r in results) if panel_axis else [("",)]
+    figure, axes = pyplot.subplots(
+        1, len(panels), figsize=(5 * len(panels), 4), squeeze=False, sharey=False
+    )
+    finite_values = [r.valid_bpc for r in records if r.done and _finite(r.valid_bpc)]
+    ceiling = max(finite_values) + 0.1 if finite_values else 1.0
+    for axis, (panel,) in zip(axes[0], panels):
+        for result in results:
+            if panel_axis and result.labels.get(panel_axis, "") != panel:
+                continue
+            label = ", ".join(f"{v}" for a, v in result.labels.items() if a != panel_axis)
+            points = sorted(result.scores)
+            xs = [math.log2(result.learning_rates[k]) for k in points]
+            ys = [min(result.scores[k], ceiling) for k in points]
+            (line,) = axis.plot(xs, ys, marker="o", label=label or result.config)
+            for record in records:
+                if record.config == result.config and record.done:
+                    value = _value(record.valid_bpc)
+                    axis.scatter(
+                        math.log2(record.learning_rate),
+                        min(value, ceiling),
+                        color=line.get_color(),
+                        marker="x" if not math.isfinite(value) else ".",
+                        alpha=0.5,
+                    )
+        axis.set_title(f"{panel_axis}={panel}" if panel_axis else "learning-rate sweep")
+        axis.set_xlabel("log2 learning rate")
+        axis.set_ylabel("validation BPC (x: diverged, drawn at the top)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=6)
+    figure.tight_layout()
+    with atomic_open(path, "wb") as file:
+        figure.savefig(file, format="png", dpi=110)
+    pyplot.close(figure)
+
+
+def _finite(value: Optional[float]) -> bool:
+    return value is not None and math.isfinite(value)

@@ -1,0 +1,284 @@
+"""Runs a sweep: schedules trials (with per-configuration LR searches), records every state
+change in ``sweep.jsonl``, resumes, and writes ``results.csv``, ``table.md``, ``lr_sweep.png``.
+"""
+
+import concurrent.futures
+import copy
+import dataclasses
+import json
+import math
+import os
+import shutil
+import signal
+import time
+from typing import Any, Optional, Protocol
+
+from ..experiments.files import write_json
+from ..experiments.settings import SettingsError
+from . import results as results_module
+from .definition import Configuration, LrSearch, SweepDefinition
+from .executors import EXIT_DIVERGED, EXIT_FINISHED, TrialOutcome, TrialSpec
+from .index import SweepIndex, TrialRecord
+from .search import learning_rate, next_point, point_score
+
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+
+
+class Executor(Protocol):
+    """What the scheduler needs from an executor."""
+
+    def submit(self, spec: TrialSpec) -> "concurrent.futures.Future[TrialOutcome]":
+        """Run ``spec`` eventually."""
+
+    def shutdown(self) -> None:
+        """Stop everything still running."""
+
+
+@dataclasses.dataclass
+class SweepOptions:
+    """How to run (not what): folder, parallelism, retries."""
+
+    out_dir: str
+    threads: int = 1
+    retries: int = 1
+    """Extra attempts for a crashed trial (diverged trials are results, never retried)."""
+
+
+class Sweep:
+    """Drives the configurations of one sweep definition to completion."""
+
+    def __init__(
+        self,
+        definition: SweepDefinition,
+        configurations: list[Configuration],
+        options: SweepOptions,
+        extra: Optional[dict[str, Any]] = None,
+    ):
+        self.definition = definition
+        self.configurations = {c.key: c for c in configurations}
+        self.options = options
+        os.makedirs(options.out_dir, exist_ok=True)
+        self._check_same_sweep(extra or {})
+        self.index = SweepIndex(os.path.join(options.out_dir, "sweep.jsonl"))
+        self.failed_configs: set[str] = set()
+
+    # -- identity ------------------------------------------------------------------------------
+
+    def _check_same_sweep(self, extra: dict[str, Any]) -> None:
+        """A folder holds one sweep: re-running must name the same definition and overrides."""
+        path = os.path.join(self.options.out_dir, "sweep.json")
+        description = {
+            "definition": _plain(dataclasses.asdict(self.definition)),
+            "extra_overrides": extra,
+            "configurations": sorted(self.configurations),
+        }
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as file:
+                previous = json.load(file)
+            if previous != json.loads(json.dumps(description)):
+                raise SettingsError(
+                    f"{self.options.out_dir} holds a different sweep (its sweep.json differs"
+                    " from this definition and overrides); use another --out"
+                )
+        else:
+            write_json(path, description)
+
+    # -- trials --------------------------------------------------------------------------------
+
+    def _record(self, config: Configuration, point: int, repeat: int) -> TrialRecord:
+        rate = self._learning_rate(config, point)
+        log2_rate = math.log2(rate)
+        trial = f"{config.key}/lr{log2_rate:+.2f}-r{repeat}"
+        existing = self.index.get(trial)
+        if existing is not None:
+            return existing
+        seed = int(config.settings.get("seed") or 0) + repeat
+        return TrialRecord(
+            trial=trial,
+            config=config.key,
+            labels=config.labels,
+            learning_rate=rate,
+            point=point,
+            repeat=repeat,
+            seed=seed,
+            out_dir=os.path.join(self.options.out_dir, "trials", trial),
+        )
+
+    @staticmethod
+    def _learning_rate(config: Configuration, point: int) -> float:
+        if config.lr_search is None:
+            return float(config.settings["training"]["optimiser"]["learning_rate"])
+        return learning_rate(config.lr_search, point)
+
+    def _spec(self, config: Configuration, record: TrialRecord) -> TrialSpec:
+        settings = copy.deepcopy(config.settings)
+        settings["training"]["optimiser"]["learning_rate"] = record.learning_rate
+        settings["seed"] = record.seed
+        metadata = settings.setdefault("metadata", {})
+        metadata["name"] = record.trial
+        metadata["group"] = metadata.get("group") or self.definition.name
+        labels = [f"{axis}={label}" for axis, label in config.labels.items()]
+        metadata["tags"] = [*metadata.get("tags", []), self.definition.name, *labels]
+        if os.path.exists(record.out_dir):
+            # Left by a killed or crashed attempt: keep it for inspection, start afresh.
+            shutil.move(record.out_dir, f"{record.out_dir}.attempt{record.attempts}")
+        settings_path = f"{record.out_dir}.settings.json"
+        write_json(settings_path, settings)
+        return TrialSpec(
+            trial=record.trial,
+            settings_path=settings_path,
+            out_dir=record.out_dir,
+            log_path=f"{record.out_dir}.log",
+            threads=self.options.threads,
+        )
+
+    # -- scheduling ----------------------------------------------------------------------------
+
+    def _config_state(self, config: Configuration) -> tuple[list[TrialRecord], bool]:
+        """(trials to run now, finished?) for one configuration."""
+        if config.key in self.failed_configs:
+            return [], True
+        repeats = self.definition.repeats
+        scores: dict[int, float] = {}
+        search = config.lr_search or LrSearch(max_points=1)
+        point = next_point(search, scores)
+        while point is not None:
+            records = [self._record(config, point, r) for r in range(repeats)]
+            if not all(r.done for r in records):
+                return [r for r in records if not r.done], False
+            scores[point] = point_score([_value(r.valid_bpc) for r in records])
+            point = next_point(search, scores)
+        return [], True
+
+    def run(self, executor: Executor, progress: bool = True) -> int:
+        """Run until every configuration is done; returns the exit code."""
+        running: dict[concurrent.futures.Future[TrialOutcome], TrialRecord] = {}
+        previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+        start = time.perf_counter()
+        try:
+            while True:
+                busy = {r.trial for r in running.values()}
+                finished = True
+                for config in self.configurations.values():
+                    todo, done = self._config_state(config)
+                    finished = finished and done
+                    for record in todo:
+                        if record.trial in busy or not self._may_run(record):
+                            continue
+                        spec = self._spec(config, record)
+                        record.state, record.attempts = "running", record.attempts + 1
+                        self.index.put(record)
+                        running[executor.submit(spec)] = record
+                        busy.add(record.trial)
+                if not running:
+                    break
+                completed, _ = concurrent.futures.wait(
+                    running, return_when=concurrent.futures.FIRST_COMPLETED
+                )
+                for future in completed:
+                    record = running.pop(future)
+                    self._complete(record, future)
+                    if progress:
+                        print(_progress_line(record, self.index, time.perf_counter() - start))
+        except KeyboardInterrupt:
+            executor.shutdown()
+            for record in running.values():
+                record.state = "interrupted"
+                self.index.put(record)
+            self.write_results()
+            print(f"interrupted: {len(running)} running trial(s) recorded as interrupted")
+            return EXIT_INTERRUPTED
+        finally:
+            signal.signal(signal.SIGTERM, previous_handler)
+        executor.shutdown()
+        self.write_results()
+        failed = [r for r in self.index if r.state == "failed"]
+        return EXIT_FAILED if failed else EXIT_OK
+
+    def _may_run(self, record: TrialRecord) -> bool:
+        """False once a crashing trial used up its retries (its configuration then stops)."""
+        if record.state == "failed" and record.attempts > self.options.retries:
+            self.failed_configs.add(record.config)
+            return False
+        return True
+
+    def _complete(
+        self, record: TrialRecord, future: "concurrent.futures.Future[TrialOutcome]"
+    ) -> None:
+        try:
+            outcome = future.result()
+        except Exception as error:  # pylint: disable=broad-except
+            outcome = TrialOutcome(exit_code=-1, summary=None, wall_seconds=0.0, error=repr(error))
+        summary = outcome.summary or {}
+        record.wall_seconds = outcome.wall_seconds
+        # The run's own figure excludes the compile call; a one-call run only has last_train's.
+        record.tokens_per_second = summary.get("tokens_per_second") or (
+            summary.get("last_train") or {}
+        ).get("tokens_per_second")
+        record.train_bpc = summary.get("train_bpc")
+        record.test_bpc = summary.get("test_bpc")
+        record.error = outcome.error
+        if outcome.exit_code == EXIT_FINISHED and summary.get("status") == "finished":
+            record.state = "finished"
+            record.valid_bpc = summary.get("valid_bpc")
+        elif outcome.exit_code == EXIT_DIVERGED:
+            record.state = "diverged"
+            record.valid_bpc = record.test_bpc = math.inf
+        else:
+            record.state = "failed"
+            if record.attempts > self.options.retries:
+                self.failed_configs.add(record.config)
+        self.index.put(record)
+
+    # -- outputs -------------------------------------------------------------------------------
+
+    def write_results(self) -> None:
+        """results.csv, table.md and lr_sweep.png from every trial recorded so far."""
+        records = list(self.index)
+        out = self.options.out_dir
+        results_module.write_csv(os.path.join(out, "results.csv"), records)
+        summary = results_module.summarise(records)
+        if not summary:
+            return
+        axes = list(self.definition.axes)
+        rows = self.definition.table_rows or axes[:1]
+        columns = [a for a in axes if a not in rows]
+        table = results_module.table_markdown(summary, rows, columns, self.definition.name)
+        if self.failed_configs:
+            table += "\nStopped after repeated crashes: " + ", ".join(sorted(self.failed_configs))
+            table += "\n"
+        write_text(os.path.join(out, "table.md"), table)
+        results_module.plot_lr_sweep(
+            os.path.join(out, "lr_sweep.png"), records, rows[0] if rows else None
+        )
+
+
+def write_text(path: str, text: str) -> None:
+    """Atomic text write."""
+    from ..experiments.files import atomic_open  # pylint: disable=import-outside-toplevel
+
+    with atomic_open(path) as file:
+        file.write(text)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _value(value: Optional[float]) -> float:
+    return math.inf if value is None else float(value)
+
+
+def _plain(data: Any) -> Any:
+    return json.loads(json.dumps(data))
+
+
+def _progress_line(record: TrialRecord, index: SweepIndex, elapsed: float) -> str:
+    done = sum(1 for r in index if r.done)
+    value = record.valid_bpc
+    shown = f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else "-"
+    wall = f"{record.wall_seconds:.0f}s" if record.wall_seconds is not None else "-"
+    return (
+        f"[{elapsed / 60:5.1f} min] {record.state:9s} {record.trial}  valid bpc {shown}"
+        f"  ({wall}; {done} done)"
+    )
