@@ -4,11 +4,14 @@ import argparse
 import math
 import os
 import sys
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from ..experiments import cli as experiment_cli
 from ..experiments.settings import SettingsError, check_data_folder
 from .definition import Configuration, SweepDefinition, expand, load_definition
+
+if TYPE_CHECKING:
+    from .runner import Executor
 
 EXIT_USAGE = 2
 
@@ -148,7 +151,7 @@ def _parallelism(workers: int, threads: int) -> tuple[int, int]:
     return workers, threads
 
 
-def _executor(args: argparse.Namespace, workers: int, threads: int) -> object:
+def _executor(args: argparse.Namespace, workers: int, threads: int) -> "Executor":
     from . import executors  # pylint: disable=import-outside-toplevel
 
     if args.executor == "ray":

@@ -57,7 +57,9 @@ class LrSearch:
         if not self.threshold >= 0:
             raise SettingsError(f"{where}: lr_search.threshold must be >= 0, got {self.threshold}")
         if self.max_points < 1:
-            raise SettingsError(f"{where}: lr_search.max_points must be >= 1, got {self.max_points}")
+            raise SettingsError(
+                f"{where}: lr_search.max_points must be >= 1, got {self.max_points}"
+            )
 
 
 @dataclasses.dataclass
@@ -190,7 +192,9 @@ def _matches(labels: dict[str, str], condition: dict[str, Any]) -> bool:
     return all(labels.get(axis) == _label(value) for axis, value in condition.items())
 
 
-def expand(definition: SweepDefinition, extra: Optional[dict[str, Any]] = None) -> list[Configuration]:
+def expand(
+    definition: SweepDefinition, extra: Optional[dict[str, Any]] = None
+) -> list[Configuration]:
     """Every configuration of ``definition`` (cartesian product minus filters), validated.
 
     ``extra`` are dotted-path overrides applied on top of every configuration (e.g. the

@@ -9,6 +9,7 @@ either the old or the new index, never a torn one.
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any, Iterator, Optional
 
@@ -85,7 +86,7 @@ def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
     """Strict JSON: non-finite floats (a diverged loss) become the string "inf"/"nan"."""
     out = {}
     for key, value in data.items():
-        if isinstance(value, float) and value != value:  # NaN
+        if isinstance(value, float) and math.isnan(value):
             value = "nan"
         elif isinstance(value, float) and value in (float("inf"), float("-inf")):
             value = "inf" if value > 0 else "-inf"

@@ -42,7 +42,10 @@ SWEEPS: dict[str, dict[str, Any]] = {
         "overrides": {"output.wandb": "auto"},
         "axes": {
             "model": _MODELS,
-            "norm": {"pre": {"model.residual.norm": "pre"}, "post": {"model.residual.norm": "post"}},
+            "norm": {
+                "pre": {"model.residual.norm": "pre"},
+                "post": {"model.residual.norm": "post"},
+            },
             **_PAPER_COLUMNS,
         },
         "filters": _PAPER_FILTERS,

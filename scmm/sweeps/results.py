@@ -109,7 +109,9 @@ def write_csv(path: str, records: Sequence[TrialRecord]) -> None:
         for record in records:
             row = dataclasses.asdict(record)
             row["log2_learning_rate"] = math.log2(record.learning_rate)
-            writer.writerow([record.labels.get(a, "") for a in axes] + [row[c] for c in CSV_COLUMNS])
+            writer.writerow(
+                [record.labels.get(a, "") for a in axes] + [row[c] for c in CSV_COLUMNS]
+            )
 
 
 def confidence_interval(results: Sequence[ConfigResult]) -> float:
@@ -197,7 +199,7 @@ def plot_lr_sweep(path: str, records: Sequence[TrialRecord], panel_axis: Optiona
     figure, axes = pyplot.subplots(
         1, len(panels), figsize=(5 * len(panels), 4), squeeze=False, sharey=False
     )
-    finite_values = [r.valid_bpc for r in records if r.done and _finite(r.valid_bpc)]
+    finite_values = [_value(r.valid_bpc) for r in records if r.done and _finite(r.valid_bpc)]
     ceiling = max(finite_values) + 0.1 if finite_values else 1.0
     for axis, (panel,) in zip(axes[0], panels):
         for result in results:

@@ -182,11 +182,12 @@ class Sweep:
                         print(_progress_line(record, self.index, time.perf_counter() - start))
         except KeyboardInterrupt:
             executor.shutdown()
-            for record in running.values():
+            stopped = [r for r in self.index if r.state == "running"]
+            for record in stopped:
                 record.state = "interrupted"
-                self.index.put(record)
+            self.index.save()
             self.write_results()
-            print(f"interrupted: {len(running)} running trial(s) recorded as interrupted")
+            print(f"interrupted: {len(stopped)} running trial(s) recorded as interrupted")
             return EXIT_INTERRUPTED
         finally:
             signal.signal(signal.SIGTERM, previous_handler)

@@ -40,8 +40,8 @@ def next_point(search: LrSearch, scores: Mapping[int, float]) -> Optional[int]:
     highest, lowest = max(scores), min(scores)
     if scores[highest] <= best + search.threshold and math.isfinite(scores[highest]):
         return highest + 1
-    best_point = min(scores, key=lambda k: (scores[k], k))
-    if best_point == lowest and math.isfinite(best):
+    best_so_far = min(scores, key=lambda k: (scores[k], k))
+    if best_so_far == lowest and math.isfinite(best):
         return lowest - 1
     return None
 

@@ -1,0 +1,495 @@
+"""Sweeps: definitions and expansion, the LR-search rule, the scheduler (resume, failures,
+divergence, interruption) on a fake objective, results files, and end-to-end runs of the
+``smoke`` sweep through the local and Ray executors."""
+
+import concurrent.futures
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from scmm.experiments.settings import SettingsError
+from scmm.sweeps import cli as sweep_cli
+from scmm.sweeps import results as sweep_results
+from scmm.sweeps.definition import LrSearch, definition_from_dict, expand, load_definition
+from scmm.sweeps.executors import TrialOutcome, TrialSpec
+from scmm.sweeps.index import SweepIndex, TrialRecord
+from scmm.sweeps.runner import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Sweep, SweepOptions
+from scmm.sweeps.search import best_point, learning_rate, next_point
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def definition(**fields):
+    return definition_from_dict({"name": "t", "base": "smoke", **fields}, "test")
+
+
+# -- definitions and expansion -------------------------------------------------------------- -----
+
+
+def test_cartesian_product_filters_and_labels():
+    sweep = definition(
+        axes={
+            "variant": {"regular": {"unit_scale": False}, "unit": {"unit_scale": True}},
+            "model.hidden_size": [32, 64, 128],
+        },
+        overrides={"model.residual.weighting": "mean"},
+        filters=[{"variant": "unit", "model.hidden_size": 128}],
+    )
+    configs = expand(sweep)
+    assert len(configs) == 2 * 3 - 1
+    keys = [c.key for c in configs]
+    assert keys[0] == "variant=regular,model.hidden_size=32"
+    assert "variant=unit,model.hidden_size=128" not in keys
+    unit_64 = configs[keys.index("variant=unit,model.hidden_size=64")]
+    assert unit_64.settings["unit_scale"] is True
+    assert unit_64.settings["model"]["hidden_size"] == 64
+    assert unit_64.settings["model"]["residual"]["weighting"] == "mean"
+    assert unit_64.settings["preset"] == "smoke"
+
+
+def test_axis_value_may_switch_preset_and_search_start():
+    sweep = definition(
+        axes={
+            "model": {"attention": {"preset": "paper-attention"}, "rnn": {"preset": "paper-rnn"}},
+            "variant": {
+                "regular": {"lr_search.start": 2**-14},
+                "unit": {"unit_scale": True, "lr_search.start": 2**-8},
+            },
+        },
+        lr_search={"factor": 2, "threshold": 0.1},
+    )
+    configs = {c.key: c for c in expand(sweep)}
+    rnn_unit = configs["model=rnn,variant=unit"]
+    assert rnn_unit.settings["model"]["sequence"]["type"] == "rnn"
+    assert rnn_unit.settings["model"]["depth"] == 2
+    assert rnn_unit.settings["preset"] == "paper-rnn"
+    assert rnn_unit.lr_search == LrSearch(start=2**-8, factor=2, threshold=0.1)
+    assert configs["model=attention,variant=regular"].lr_search.start == 2**-14
+
+
+def test_extra_overrides_apply_to_every_configuration():
+    sweep = definition(axes={"seed": [1, 2]})
+    configs = expand(sweep, {"training.steps": 7})
+    assert [c.settings["training"]["steps"] for c in configs] == [7, 7]
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"axes": {"v": {"a": {"model.hidden_sise": 3}}}}, "v=a"),
+        ({"axes": {"model.hidden_size": ["big"]}}, "model.hidden_size=big"),
+        ({"axes": {"v": {"a": {"unit_scale": True}}}, "filters": [{"w": 1}]}, "unknown axes"),
+        ({"axess": {}}, "unknown sweep keys"),
+        ({"lr_search": {"start": -1.0}}, "lr_search.start"),
+        ({"lr_search": {"begin": 1.0}}, "unknown lr_search keys"),
+        ({"repeats": 0}, "repeats"),
+        ({"axes": {"v": {"a": 3}}}, "must map dotted paths"),
+        ({"axes": {"v": [1]}, "filters": [{"v": 1}]}, "drop every configuration"),
+        ({"base": "no-such-preset"}, "no-such-preset"),
+        ({"axes": {"v": {"a": {"lr_search.factor": 0.5}}}}, "lr_search.factor"),
+    ],
+)
+def test_bad_definitions_name_the_offending_entry(fields, message):
+    with pytest.raises(SettingsError, match=message):
+        expand(definition(**fields))
+
+
+def test_unknown_sweep_name_lists_presets():
+    with pytest.raises(SettingsError, match="paper-table"):
+        load_definition("no-such-sweep")
+
+
+def test_sweep_file_yaml(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(
+        "base: smoke\naxes:\n  training.optimiser.learning_rate: [0.001, 0.01]\nrepeats: 2\n"
+    )
+    sweep = load_definition(str(path))
+    assert sweep.name == "mine" and sweep.repeats == 2
+    assert [c.key for c in expand(sweep)] == [
+        "training.optimiser.learning_rate=0.001",
+        "training.optimiser.learning_rate=0.01",
+    ]
+
+
+def test_paper_table_has_the_papers_twenty_configurations():
+    configs = expand(load_definition("paper-table"))
+    assert len(configs) == 20
+    rows = {(c.labels["model"], c.labels["norm"]) for c in configs}
+    assert rows == {("attention", "pre"), ("attention", "post"), ("conv", "pre"), ("rnn", "pre")}
+    columns = {(c.labels["dtype"], c.labels["variant"], c.labels["loss_scale"]) for c in configs}
+    assert columns == {
+        ("float32", "regular", "1"),
+        ("float32", "unit", "1"),
+        ("float16", "regular", "1"),
+        ("float16", "regular", "2048"),
+        ("float16", "unit", "1"),
+    }
+    for config in configs:
+        unit = config.labels["variant"] == "unit"
+        assert config.settings["unit_scale"] is unit
+        assert config.lr_search.start == (2**-8 if unit else 2**-14)
+        assert config.settings["training"]["steps"] == 2**19
+        assert config.settings["data"]["path"] == "data/wikitext-103"
+        assert config.settings["model"]["residual"]["norm"] == config.labels["norm"]
+        scale = config.settings["training"]["loss_scale"]
+        assert scale == float(config.labels["loss_scale"])
+
+
+def test_dry_run_lists_every_configuration_fast(capsys):
+    start = time.perf_counter()
+    assert sweep_cli.main(["paper-table", "--dry-run"]) == 0
+    elapsed = time.perf_counter() - start
+    out = capsys.readouterr().out
+    assert "20 configurations" in out
+    assert out.count("LR search from 2^-14.00") == 12 and out.count("LR search from 2^-8.00") == 8
+    assert elapsed < 30  # no TensorFlow, no data: it is a listing
+
+
+def test_cli_rejects_bad_override_before_running(tmp_path, capsys):
+    code = sweep_cli.main(["smoke", "--model.hidden_size", "abc", "--out", str(tmp_path / "s")])
+    assert code == sweep_cli.EXIT_USAGE
+    assert "hidden_size" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_cli_rejects_missing_data_folder(tmp_path, capsys):
+    code = sweep_cli.main(["smoke", "--data.path", str(tmp_path / "none"), "--out", str(tmp_path)])
+    assert code == sweep_cli.EXIT_USAGE
+    assert "is not a folder" in capsys.readouterr().err
+
+
+# -- the LR-search rule ----------------------------------------------------------------------- ---
+
+
+def run_search(search, objective):
+    """Drive next_point with objective(k) -> score; returns the points in order."""
+    scores, order = {}, []
+    point = next_point(search, scores)
+    while point is not None:
+        order.append(point)
+        scores[point] = objective(point)
+        point = next_point(search, scores)
+    return order, scores
+
+
+def test_search_climbs_until_worse_than_best_by_threshold():
+    search = LrSearch(start=2**-14, factor=2, threshold=0.1, max_points=20)
+    order, scores = run_search(search, lambda k: 2.0 + 0.04 * (k - 4) ** 2)
+    # Best at k=4; k=6 is 0.16 worse (> 0.1): stop there.
+    assert order == [0, 1, 2, 3, 4, 5, 6]
+    assert best_point(scores) == 4
+    assert learning_rate(search, 4) == 2**-10
+
+
+def test_search_stops_at_divergence():
+    order, _ = run_search(LrSearch(threshold=0.5), lambda k: 1.0 - 0.01 * k if k < 3 else math.inf)
+    assert order == [0, 1, 2, 3]
+
+
+def test_search_walks_down_when_the_best_is_the_first_point():
+    order, scores = run_search(LrSearch(threshold=0.1), lambda k: 2.0 + 0.05 * (k + 3) ** 2)
+    assert order[:3] == [0, 1, -1]
+    assert best_point(scores) == -3
+    assert order[-1] == -4  # the first point below the optimum that is worse
+
+
+def test_search_respects_max_points():
+    order, _ = run_search(LrSearch(max_points=3), lambda k: -k)
+    assert order == [0, 1, 2]
+
+
+# -- scheduler on a fake objective ------------------------------------------------------------- --
+
+
+class FakeExecutor:
+    """Runs trials in-process from an objective of (learning rate, seed); no TensorFlow."""
+
+    def __init__(self, objective, fail=(), interrupt_after=None):
+        self.objective = objective
+        self.fail = dict.fromkeys(fail, 1)
+        self.submitted = []
+        self.interrupt_after = interrupt_after
+        self.stopped = False
+
+    def submit(self, spec: TrialSpec):
+        if self.interrupt_after is not None and len(self.submitted) >= self.interrupt_after:
+            raise KeyboardInterrupt
+        self.submitted.append(spec.trial)
+        with open(spec.settings_path, encoding="utf-8") as file:
+            settings = json.load(file)
+        future = concurrent.futures.Future()
+        rate = settings["training"]["optimiser"]["learning_rate"]
+        if self.fail.get(spec.trial):
+            self.fail[spec.trial] -= 1
+            future.set_result(TrialOutcome(exit_code=1, summary=None, wall_seconds=0.1, error="x"))
+            return future
+        valid = self.objective(math.log2(rate), settings["seed"])
+        if math.isinf(valid):
+            future.set_result(
+                TrialOutcome(exit_code=3, summary={"status": "diverged"}, wall_seconds=0.1)
+            )
+            return future
+        summary = {
+            "status": "finished",
+            "valid_bpc": valid,
+            "test_bpc": valid + 0.01,
+            "tokens_per_second": 1e4,
+        }
+        future.set_result(TrialOutcome(exit_code=0, summary=summary, wall_seconds=0.1))
+        return future
+
+    def shutdown(self):
+        self.stopped = True
+
+
+def fake_sweep(tmp_path, **fields):
+    sweep = definition(
+        axes={
+            "variant": {
+                "regular": {"lr_search.start": 2**-12},
+                "unit": {
+                    "unit_scale": True,
+                    "model.residual.weighting": "mean",
+                    "lr_search.start": 2**-9,
+                },
+            }
+        },
+        repeats=2,
+        lr_search={"factor": 2, "threshold": 0.1, "max_points": 10},
+        **fields,
+    )
+    return Sweep(sweep, expand(sweep), SweepOptions(out_dir=str(tmp_path / "sweep")))
+
+
+def bowl(log2_rate, seed):
+    """Validation BPC with its optimum at 2^-8, diverging above 2^-5; seeds add noise."""
+    if log2_rate > -5:
+        return math.inf
+    return 2.0 + 0.05 * (log2_rate + 8) ** 2 + 0.001 * seed
+
+
+def test_scheduler_runs_the_search_and_writes_results(tmp_path):
+    sweep = fake_sweep(tmp_path)
+    executor = FakeExecutor(bowl)
+    assert sweep.run(executor, progress=False) == EXIT_OK
+    out = tmp_path / "sweep"
+    results = {
+        r.config: r for r in sweep_results.summarise(list(SweepIndex(str(out / "sweep.jsonl"))))
+    }
+    assert results["variant=regular"].best_learning_rate == 2**-8
+    assert results["variant=unit"].best_learning_rate == 2**-8
+    # Both climb until -6, 0.2 worse than the best (-8); neither optimum is at the start.
+    assert sorted(results["variant=regular"].scores) == [0, 1, 2, 3, 4, 5, 6]
+    assert sorted(results["variant=unit"].scores) == [0, 1, 2, 3]
+    table = (out / "table.md").read_text()
+    assert "| regular |" in table and "95% CI" in table
+    assert (out / "lr_sweep.png").stat().st_size > 1000
+    with open(out / "results.csv", encoding="utf-8") as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == len(executor.submitted) == 2 * (7 + 4)
+    assert {row["state"] for row in rows} == {"finished"}
+    # Trials share the sweep's WandB group and carry its tags.
+    settings = json.loads(
+        (out / "trials" / "variant=unit" / "lr-8.00-r1.settings.json").read_text()
+    )
+    assert settings["metadata"]["group"] == "t" and "variant=unit" in settings["metadata"]["tags"]
+    assert settings["seed"] == 0 + 1  # no seed in the base: 0, plus the repeat
+
+
+def test_rerun_skips_finished_trials(tmp_path):
+    assert fake_sweep(tmp_path).run(FakeExecutor(bowl), progress=False) == EXIT_OK
+    again = FakeExecutor(bowl)
+    assert fake_sweep(tmp_path).run(again, progress=False) == EXIT_OK
+    assert not again.submitted
+
+
+def test_a_failing_trial_is_retried_and_does_not_stop_the_others(tmp_path):
+    executor = FakeExecutor(bowl, fail=["variant=unit/lr-9.00-r0"])
+    assert fake_sweep(tmp_path).run(executor, progress=False) == EXIT_OK
+    assert executor.submitted.count("variant=unit/lr-9.00-r0") == 2
+    record = SweepIndex(str(tmp_path / "sweep" / "sweep.jsonl")).get("variant=unit/lr-9.00-r0")
+    assert record.state == "finished" and record.attempts == 2
+
+
+def test_a_trial_failing_past_its_retries_stops_only_its_configuration(tmp_path):
+    trial = "variant=unit/lr-9.00-r0"
+    executor = FakeExecutor(bowl, fail=[trial])
+    executor.fail[trial] = 5
+    assert fake_sweep(tmp_path).run(executor, progress=False) == EXIT_FAILED
+    assert executor.submitted.count(trial) == 2  # 1 + --retries 1
+    index = SweepIndex(str(tmp_path / "sweep" / "sweep.jsonl"))
+    assert index.get(trial).state == "failed"
+    assert index.get("variant=regular/lr-8.00-r0").state == "finished"
+    assert (
+        "Stopped after repeated crashes: variant=unit"
+        in (tmp_path / "sweep" / "table.md").read_text()
+    )
+
+
+def test_diverged_trials_are_results_with_infinite_loss(tmp_path):
+    executor = FakeExecutor(bowl)
+    fake_sweep(tmp_path).run(executor, progress=False)
+    index = SweepIndex(str(tmp_path / "sweep" / "sweep.jsonl"))
+    diverged = [r for r in index if r.state == "diverged"]
+    assert diverged == []  # the bowl's search stops before -5 ...
+    executor = FakeExecutor(lambda lr, seed: bowl(lr, seed) if lr < -10 else math.inf)
+    other = tmp_path / "other"
+    other.mkdir()
+    assert fake_sweep(other).run(executor, progress=False) == EXIT_OK
+    index = SweepIndex(str(other / "sweep" / "sweep.jsonl"))
+    diverged = [r for r in index if r.state == "diverged"]
+    assert diverged and all(r.valid_bpc == math.inf and r.attempts == 1 for r in diverged)
+
+
+def test_interrupt_records_running_trials_and_resume_completes(tmp_path):
+    # The first round (2 configurations x 2 repeats) completes; Ctrl-C lands on the 5th start.
+    executor = FakeExecutor(bowl, interrupt_after=4)
+    assert fake_sweep(tmp_path).run(executor, progress=False) == EXIT_INTERRUPTED
+    assert executor.stopped
+    index = SweepIndex(str(tmp_path / "sweep" / "sweep.jsonl"))
+    assert len([r for r in index if r.done]) == 4
+    assert [r.state for r in index if not r.done] == ["interrupted"]
+    resumed = FakeExecutor(bowl)
+    assert fake_sweep(tmp_path).run(resumed, progress=False) == EXIT_OK
+    assert len(resumed.submitted) == 2 * (7 + 4) - 4
+
+
+def test_a_different_sweep_in_the_same_folder_is_refused(tmp_path):
+    fake_sweep(tmp_path).run(FakeExecutor(bowl), progress=False)
+    with pytest.raises(SettingsError, match="different sweep"):
+        fake_sweep(tmp_path, overrides={"training.steps": 5})
+
+
+# -- index and results ------------------------------------------------------------------------- --
+
+
+def test_index_round_trips_infinite_losses(tmp_path):
+    path = str(tmp_path / "sweep.jsonl")
+    index = SweepIndex(path)
+    record = TrialRecord(
+        "a/lr-1-r0", "a", {"v": "a"}, 0.5, 0, 0, 1, "x", state="diverged", valid_bpc=math.inf
+    )
+    index.put(record)
+    with open(path, encoding="utf-8") as file:
+        json.loads(file.read())  # strict JSON (no Infinity literal)
+    assert SweepIndex(path).get("a/lr-1-r0").valid_bpc == math.inf
+
+
+def test_table_marks_cells_within_the_ci_of_the_row_best():
+    def records(config, labels, tests):
+        return [
+            TrialRecord(
+                f"{config}/{k}",
+                config,
+                labels,
+                0.01,
+                0,
+                k,
+                k,
+                "x",
+                state="finished",
+                valid_bpc=t,
+                test_bpc=t,
+            )
+            for k, t in enumerate(tests)
+        ]
+
+    data = (
+        records("a", {"m": "x", "v": "regular"}, [1.50, 1.51, 1.52])
+        + records("b", {"m": "x", "v": "unit"}, [1.505, 1.515, 1.525])
+        + records("c", {"m": "x", "v": "fp16"}, [1.70, 1.71, 1.72])
+    )
+    summary = sweep_results.summarise(data)
+    ci = sweep_results.confidence_interval(summary)
+    assert ci == pytest.approx(2 * 0.01 / math.sqrt(3))
+    table = sweep_results.table_markdown(summary, ["m"], ["v"], "t")
+    assert "**1.510** ±0.010" in table and "**1.515**" in table
+    assert "1.710 ±0.010" in table and "**1.710" not in table
+
+
+# -- end to end --------------------------------------------------------------------------------- -
+
+
+def run_sweep(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "run_sweep.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        check=False,
+    )
+
+
+def check_smoke_outputs(out):
+    index = SweepIndex(os.path.join(out, "sweep.jsonl"))
+    records = list(index)
+    assert len(records) == 4 and all(r.state == "finished" for r in records)
+    for record in records:
+        assert os.path.exists(os.path.join(record.out_dir, "summary.json"))
+        assert math.isfinite(record.valid_bpc) and record.tokens_per_second > 0
+    for name in ("results.csv", "table.md", "lr_sweep.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 0
+
+
+def test_smoke_sweep_local_executor(tmp_path):
+    out = str(tmp_path / "smoke")
+    result = run_sweep("smoke", "--out", out, "--workers", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    check_smoke_outputs(out)
+    again = run_sweep("smoke", "--out", out, "--workers", "2")
+    assert again.returncode == 0 and "finished " not in again.stdout
+
+
+def test_smoke_sweep_ray_executor(tmp_path):
+    pytest.importorskip("ray")
+    out = str(tmp_path / "smoke")
+    result = run_sweep("smoke", "--out", out, "--executor", "ray", "--threads", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    check_smoke_outputs(out)
+
+
+@pytest.mark.slow  # ~1.5 min; the scheduler's interrupt/resume logic is also tested above
+def test_ctrl_c_midway_then_rerun_completes_without_repeating_finished_trials(tmp_path):
+    out = str(tmp_path / "smoke")
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "run_sweep.py"),
+        "smoke",
+        "--out",
+        out,
+        "--workers",
+        "1",
+    ]
+    process = subprocess.Popen(  # pylint: disable=consider-using-with
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    index_path = os.path.join(out, "sweep.jsonl")
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if os.path.exists(index_path) and any(r.done for r in SweepIndex(index_path)):
+            break
+        time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == EXIT_INTERRUPTED, output
+    first = {r.trial: r for r in SweepIndex(index_path) if r.done}
+    assert first and any(r.state == "interrupted" for r in SweepIndex(index_path))
+    mtimes = {
+        t: os.path.getmtime(os.path.join(r.out_dir, "summary.json")) for t, r in first.items()
+    }
+    result = run_sweep("smoke", "--out", out, "--workers", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    check_smoke_outputs(out)
+    final = SweepIndex(index_path)
+    for trial, mtime in mtimes.items():
+        assert final.get(trial).attempts == 1
+        assert os.path.getmtime(os.path.join(final.get(trial).out_dir, "summary.json")) == mtime
