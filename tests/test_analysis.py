@@ -86,7 +86,7 @@ def test_records_cover_every_layer_and_pass(kind: str) -> None:
     for record in records:
         assert np.isfinite(record.rms) and record.rms > 0, record
         assert set(record.formats) == {
-            f"{kind}_{fmt}" for fmt in FORMATS for kind in ("underflow", "overflow")
+            f"{kind}_{fmt}" for fmt in FORMATS for kind in ("underflow", "subnormal", "overflow")
         }
 
 
@@ -164,6 +164,20 @@ def test_format_fractions_on_crafted_tensor() -> None:
         assert fractions[f"underflow_{fmt}"] == pytest.approx(under / 6), fmt
         assert fractions[f"overflow_{fmt}"] == pytest.approx(over / 6), fmt
     assert all(v == 0 for v in format_fractions(np.zeros(4)).values())
+
+
+def test_subnormal_fractions_on_crafted_tensor() -> None:
+    values = np.array([1e-6, 1e-4, 1e-9, 1.0, 3e-5])  # 5 nonzero
+    fractions = format_fractions(values)
+    expected = {  # (underflow, subnormal): float16 normals start at 2^-14 ~ 6.1e-5
+        "float16": (1, 2),
+        "bfloat16": (0, 0),
+        "float8_e4m3fn": (4, 0),  # subnormals start at 2^-9: all three tiny values flush
+        "float8_e5m2": (2, 1),  # 3e-5 lies in [2^-16, 2^-14)
+    }
+    for fmt, (under, subnormal) in expected.items():
+        assert fractions[f"underflow_{fmt}"] == pytest.approx(under / 5), fmt
+        assert fractions[f"subnormal_{fmt}"] == pytest.approx(subnormal / 5), fmt
 
 
 def test_tensor_record_statistics_and_dtypes() -> None:

@@ -39,7 +39,24 @@ def summarise(records: Sequence[ScaleRecord], label: str) -> list[str]:
             f"{label:10s} {pass_:16s} std min {low:.3g}  median {mid:.3g}  max {high:.3g}"
             f"  spread {math.log2(high / low):.1f} octaves  (log2 median {math.log2(mid):+.1f})"
         )
+        lines.extend(_low_precision_line(records, pass_, label))
     return lines
+
+
+def _low_precision_line(records: Sequence[ScaleRecord], pass_: str, label: str) -> list[str]:
+    """For tensors computed in a 16-bit format: how many values are zero or subnormal in it."""
+    chosen = [r for r in records if r.pass_ == pass_ and r.name != LOSS_GRADIENT_NAME]
+    dtypes = {r.dtype for r in chosen}
+    if len(dtypes) != 1 or f"subnormal_{next(iter(dtypes))}" not in chosen[0].formats:
+        return []
+    dtype = next(iter(dtypes))
+    zeros = sum(r.zero_fraction for r in chosen) / len(chosen)
+    subnormal = sum(r.formats[f"subnormal_{dtype}"] for r in chosen) / len(chosen)
+    worst = max(r.formats[f"subnormal_{dtype}"] for r in chosen)
+    return [
+        f"{label:10s} {pass_:16s} in {dtype}: exact zeros {100 * zeros:.2f}%, subnormal"
+        f" {100 * subnormal:.2f}% of nonzeros (mean over records; worst record {100 * worst:.1f}%)"
+    ]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -86,12 +86,14 @@ def format_range(fmt: str) -> FormatRange:
 
 
 def format_fractions(values: np.ndarray) -> dict[str, float]:
-    """``underflow_<fmt>`` and ``overflow_<fmt>`` for every format in ``FORMATS``.
+    """``underflow_<fmt>``, ``subnormal_<fmt>`` and ``overflow_<fmt>`` for ``FORMATS``.
 
-    Both are fractions of the nonzero values of ``values`` (0.0 when there are none):
+    All are fractions of the nonzero values of ``values`` (0.0 when there are none):
     underflow counts finite nonzero values that round to zero when cast to the format,
-    overflow counts values with ``|x|`` above the format's largest finite value (infinities
-    included; NaNs count in neither).
+    subnormal those that survive the cast but land below its smallest normal (where relative
+    precision is lost), overflow counts values with ``|x|`` above the format's largest finite
+    value (infinities included; NaNs count in none). Exact zeros already in the tensor (e.g.
+    flushed by a float16 computation) are reported by the record's ``zero_fraction``.
     """
     flat = np.asarray(values, dtype=np.float64).reshape(-1)
     nonzero = flat[flat != 0]  # NaN != 0, so NaNs stay in the denominator
@@ -100,14 +102,18 @@ def format_fractions(values: np.ndarray) -> dict[str, float]:
     for fmt, dtype in FORMATS.items():
         if count == 0:
             fractions[f"underflow_{fmt}"] = 0.0
+            fractions[f"subnormal_{fmt}"] = 0.0
             fractions[f"overflow_{fmt}"] = 0.0
             continue
         with np.errstate(over="ignore", invalid="ignore", under="ignore"):
             cast = nonzero.astype(dtype).astype(np.float64)
         finite = np.isfinite(nonzero)
         underflow = np.count_nonzero(finite & (cast == 0))
-        overflow = np.count_nonzero(np.abs(nonzero) > format_range(fmt).max_finite)
+        limits = format_range(fmt)
+        subnormal = np.count_nonzero((cast != 0) & (np.abs(cast) < limits.smallest_normal))
+        overflow = np.count_nonzero(np.abs(nonzero) > limits.max_finite)
         fractions[f"underflow_{fmt}"] = underflow / count
+        fractions[f"subnormal_{fmt}"] = subnormal / count
         fractions[f"overflow_{fmt}"] = overflow / count
     return fractions
 
@@ -128,7 +134,7 @@ class ScaleRecord:  # pylint: disable=too-many-instance-attributes
     zero_fraction: float
     nonfinite_fraction: float
     formats: dict[str, float] = dataclasses.field(default_factory=dict)
-    """``underflow_<fmt>`` / ``overflow_<fmt>`` fractions, see ``format_fractions``."""
+    """``underflow_`` / ``subnormal_`` / ``overflow_<fmt>`` fractions (``format_fractions``)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Flat JSON-ready dict: fields, ``"pass"`` and the format fractions at top level."""
@@ -159,7 +165,7 @@ class ScaleRecord:  # pylint: disable=too-many-instance-attributes
         formats = {
             key: number(key)
             for key in data
-            if key.startswith("underflow_") or key.startswith("overflow_")
+            if key.startswith(("underflow_", "subnormal_", "overflow_"))
         }
         return cls(
             name=str(data["name"]),
