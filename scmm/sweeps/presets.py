@@ -5,6 +5,15 @@
   scale 1 and 2048 for regular FP16 -- 20 configurations. Each searches its learning rate from
   2^-14 (regular) or 2^-8 (unit) upward by x2, 3 repeats per LR, stopping 0.1 BPC above the
   best; 2^19 steps on WikiText-103. Real hardware only (about 20 x 7 x 3 runs of hours each).
+- ``paper-table-small``: the same 20 configurations and method, reduced to finish in about
+  90 minutes on a 2-core CPU (2 workers x 1 thread) on the embedded corpus (or
+  ``--data.path``). Reductions: hidden 128 -> 64; depth 8 -> 2 for attention and conv (RNN
+  keeps the paper's 2) with 2 heads x 32; 2^19 -> 400 steps, the LR still halving 8 times
+  over the run; LR search x4 per point instead of x2, starting one step below the typical
+  optimum (2^-9 regular, 2^-7 unit) rather than at 2^-14 / 2^-8, at most 4 points; train BPC
+  on 2^14 characters. Kept: batch 8 x 256 characters (so gradients have the paper's 1/2048
+  scale, which is what underflows in FP16), FP16 with 16-bit weights (stochastic rounding,
+  as on the paper's IPUs), loss scales 1 and 2048, 3 repeats, threshold 0.1.
 - ``uscale-small``: the four paper models reduced to run on a 2-core CPU, FP32, regular vs
   unit-scaled, each at its best LR of a short search (the unit-scaling issue's quality check).
 - ``smoke``: two tiny configurations and a two-point LR search, for tests.
@@ -12,6 +21,9 @@
 
 import copy
 from typing import Any
+
+# paper-table-small: steps per run (the paper: 2^19).
+_SMALL_STEPS = 400
 
 _FP16 = {"model.dtype": "float16", "training.weights": "stochastic"}
 
@@ -51,6 +63,43 @@ SWEEPS: dict[str, dict[str, Any]] = {
         "filters": _PAPER_FILTERS,
         "repeats": 3,
         "lr_search": {"factor": 2.0, "threshold": 0.1, "max_points": 12},
+        "table_rows": ["model", "norm"],
+    },
+    "paper-table-small": {
+        "description": (
+            "The paper-table grid and LR-search method scaled down to ~90 minutes on a 2-core"
+            " CPU (reductions in the module docstring)."
+        ),
+        "base": "paper-attention",
+        "overrides": {
+            "data.path": None,
+            "model.hidden_size": 64,
+            "model.depth": 2,
+            "training.steps": _SMALL_STEPS,
+            "training.valid_interval": _SMALL_STEPS,
+            # The paper halves the LR 8 times over its run (2^19 steps, halving every 2^16).
+            "training.optimiser.learning_rate_decay": 8 / _SMALL_STEPS,
+            "output.wandb": "off",
+            "output.train_eval_chars": 2**14,
+            "seed": 1,
+        },
+        "axes": {
+            "model": {
+                "attention": {"preset": "paper-attention", "model.sequence.head_size": 32},
+                "conv": {"preset": "paper-conv"},
+                "rnn": {"preset": "paper-rnn"},
+            },
+            "norm": {"pre": {"model.residual.norm": "pre"}, "post": {"model.residual.norm": "post"}},
+            "dtype": _PAPER_COLUMNS["dtype"],
+            "variant": {
+                "regular": {"unit_scale": False, "lr_search.start": 2**-9},
+                "unit": {"unit_scale": True, "lr_search.start": 2**-7},
+            },
+            "loss_scale": _PAPER_COLUMNS["loss_scale"],
+        },
+        "filters": _PAPER_FILTERS,
+        "repeats": 3,
+        "lr_search": {"factor": 4.0, "threshold": 0.1, "max_points": 4},
         "table_rows": ["model", "norm"],
     },
     "uscale-small": {

@@ -179,7 +179,10 @@ class Sweep:
                     record = running.pop(future)
                     self._complete(record, future)
                     if progress:
-                        print(_progress_line(record, self.index, time.perf_counter() - start))
+                        print(
+                            _progress_line(record, self.index, time.perf_counter() - start),
+                            flush=True,
+                        )
         except KeyboardInterrupt:
             executor.shutdown()
             stopped = [r for r in self.index if r.state == "running"]
