@@ -1,9 +1,13 @@
 """``python -m scmm.experiments`` = ``run_experiment.py`` (what sweep trials run)."""
 
 import os
+import signal
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# A process started in the background by a shell inherits SIGINT ignored; sweeps stop trials
+# with SIGINT, so restore Python's KeyboardInterrupt (the run then ends cleanly, status failed).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from . import main  # pylint: disable=wrong-import-position
 
