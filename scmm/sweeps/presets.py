@@ -89,7 +89,10 @@ SWEEPS: dict[str, dict[str, Any]] = {
                 "conv": {"preset": "paper-conv"},
                 "rnn": {"preset": "paper-rnn"},
             },
-            "norm": {"pre": {"model.residual.norm": "pre"}, "post": {"model.residual.norm": "post"}},
+            "norm": {
+                "pre": {"model.residual.norm": "pre"},
+                "post": {"model.residual.norm": "post"},
+            },
             "dtype": _PAPER_COLUMNS["dtype"],
             "variant": {
                 "regular": {"unit_scale": False, "lr_search.start": 2**-9},
