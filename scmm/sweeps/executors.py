@@ -63,6 +63,9 @@ def trial_environment(threads: int) -> dict[str, str]:
 
 _RUNNING: dict[str, subprocess.Popen[bytes]] = {}
 _RUNNING_LOCK = threading.Lock()
+# Set when the sweep stops: a worker thread that frees up afterwards must not start a trial.
+_STOPPING = threading.Event()
+EXIT_NOT_STARTED = -2
 
 
 def run_trial(spec: TrialSpec) -> TrialOutcome:
@@ -79,16 +82,18 @@ def run_trial(spec: TrialSpec) -> TrialOutcome:
     start = time.perf_counter()
     os.makedirs(os.path.dirname(spec.log_path), exist_ok=True)
     with open(spec.log_path, "ab") as log:
-        # Own session: Ctrl-C on the sweep's terminal reaches the driver only, which then
-        # stops trials itself and records them as interrupted.
-        process = subprocess.Popen(  # pylint: disable=consider-using-with
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=trial_environment(spec.threads),
-            start_new_session=True,
-        )
         with _RUNNING_LOCK:
+            if _STOPPING.is_set():
+                return TrialOutcome(EXIT_NOT_STARTED, None, 0.0, "sweep stopping: not started")
+            # Own session: Ctrl-C on the sweep's terminal reaches the driver only, which then
+            # stops trials itself and records them as interrupted.
+            process = subprocess.Popen(  # pylint: disable=consider-using-with
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=trial_environment(spec.threads),
+                start_new_session=True,
+            )
             _RUNNING[spec.trial] = process
         try:
             exit_code = process.wait()
@@ -102,8 +107,10 @@ def run_trial(spec: TrialSpec) -> TrialOutcome:
 
 
 def stop_running_trials(grace_seconds: float = 10.0) -> None:
-    """SIGINT every trial process started here, then SIGKILL those still alive."""
+    """SIGINT every trial process started here, then SIGKILL those still alive; no new
+    trial starts in this process afterwards."""
     with _RUNNING_LOCK:
+        _STOPPING.set()
         processes = list(_RUNNING.values())
     for process in processes:
         if process.poll() is None:
@@ -139,6 +146,7 @@ class LocalExecutor:
     """``workers`` trials at a time on this machine."""
 
     def __init__(self, workers: int):
+        _STOPPING.clear()
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
 
     def submit(self, spec: TrialSpec) -> "concurrent.futures.Future[TrialOutcome]":
@@ -147,8 +155,9 @@ class LocalExecutor:
 
     def shutdown(self) -> None:
         """Stop running trials and the pool."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
         stop_running_trials()
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool.shutdown(wait=True)
 
 
 class RayExecutor:
