@@ -11,9 +11,10 @@
   keeps the paper's 2) with 2 heads x 32; 2^19 -> 400 steps, the LR halving twice over the
   run (the paper: 8 times); LR search x4 per point instead of x2, starting one step below
   the typical optimum (2^-9 regular, 2^-7 unit) rather than at 2^-14 / 2^-8, at most 4
-  points; train BPC on 2^14 characters. Kept: batch 8 x 256 characters (so gradients have the paper's 1/2048
-  scale, which is what underflows in FP16), FP16 with 16-bit weights (stochastic rounding,
-  as on the paper's IPUs), loss scales 1 and 2048, 3 repeats, threshold 0.1.
+  points; train BPC on 2^14 characters. Kept: batch 8 x 256 characters (so gradients have
+  the paper's 1/2048 scale, which is what underflows in FP16), FP16 with 16-bit weights
+  (stochastic rounding, as on the paper's IPUs), loss scales 1 and 2048, 3 repeats,
+  threshold 0.1.
 - ``uscale-small``: the four paper models reduced to run on a 2-core CPU, FP32, regular vs
   unit-scaled, each at its best LR of a short search (the unit-scaling issue's quality check).
 - ``smoke``: two tiny configurations and a two-point LR search, for tests.
