@@ -88,7 +88,7 @@ def quantise(x: tf.Tensor, fmt: str, saturate: bool = False) -> tf.Tensor:
 
 
 def _no_op(dtype: tf.DType, target: str) -> bool:
-    return target == "float32" or target == dtype.name
+    return target in ("float32", dtype.name)
 
 
 def _quantise(x: tf.Tensor, target: Format, saturate: bool) -> tf.Tensor:

@@ -35,9 +35,7 @@ def hard_cases(fmt: str) -> np.ndarray:
 
 def same_bits(got: np.ndarray, want: np.ndarray) -> np.ndarray:
     got32, want32 = got.astype(np.float32), want.astype(np.float32)
-    return (got32.view(np.uint32) == want32.view(np.uint32)) | (
-        np.isnan(got32) & np.isnan(want32)
-    )
+    return (got32.view(np.uint32) == want32.view(np.uint32)) | (np.isnan(got32) & np.isnan(want32))
 
 
 @pytest.mark.parametrize("source", SOURCES)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from .. import precision
 from .core import SeededLayer, seeded_normal
 
 # Large enough to zero a softmax term, small enough to stay finite in float16 (max 65504).
@@ -114,12 +115,14 @@ class Attention(SeededLayer):
         seq = x.shape[1]
         if seq is None:
             raise ValueError("Attention needs a static sequence length")
-        qkv = tf.einsum("bsh,hkna->kbnsa", x, tf.cast(self.qkv, dtype))  # (3, b, heads, s, hs)
+        qkv = precision.einsum(
+            "bsh,hkna->kbnsa", x, tf.cast(self.qkv, dtype)
+        )  # (3, b, heads, s, hs)
         q, k, v = qkv[0], qkv[1], qkv[2]
 
         # Position keys for distances seq-1 ... 0 (reversed, as relative_shift expects).
         embedding = sinusoid_embedding(seq, self.frequencies, self.max_period)[::-1].copy()
-        pos_keys = tf.einsum(
+        pos_keys = precision.einsum(
             "rf,fna->nra", tf.constant(embedding, dtype), tf.cast(self.positional, dtype)
         )  # (heads, seq, hs)
 
@@ -128,17 +131,19 @@ class Attention(SeededLayer):
         mixed = []
         for start, stop in _chunk_bounds(seq, self.query_chunk):
             q_c = q[:, :, start:stop]  # (b, heads, chunk, hs)
-            content = tf.einsum("bnia,bnja->bnij", q_c, k[:, :, :stop])  # (b, heads, chunk, stop)
+            content = precision.einsum(
+                "bnia,bnja->bnij", q_c, k[:, :, :stop], "activation"
+            )  # (b, heads, chunk, stop)
             position = relative_shift(
-                tf.einsum("bnia,nra->bnir", q_c, pos_keys[:, seq - stop :])
+                precision.einsum("bnia,nra->bnir", q_c, pos_keys[:, seq - stop :], "activation")
             )  # (b, heads, chunk, stop)
             scores = (content + position) * tf.cast(self.head_size**-0.5, dtype)
             causal = np.arange(stop)[None, :] <= np.arange(start, stop)[:, None]
             scores = tf.where(tf.constant(causal), scores, tf.cast(MASK_VALUE, dtype))
             weights = tf.nn.softmax(scores, axis=-1)
-            mixed.append(tf.einsum("bnij,bnja->bina", weights, v[:, :, :stop]))
+            mixed.append(precision.einsum("bnij,bnja->bina", weights, v[:, :, :stop], "activation"))
         mixed_all = mixed[0] if len(mixed) == 1 else tf.concat(mixed, axis=1)  # (b, s, heads, hs)
-        out = tf.einsum("bina,nah->bih", mixed_all, tf.cast(self.output_kernel, dtype))
+        out = precision.einsum("bina,nah->bih", mixed_all, tf.cast(self.output_kernel, dtype))
         return out + tf.cast(self.output_bias, dtype)  # (b, s, hidden)
 
     def get_config(self) -> dict[str, Any]:

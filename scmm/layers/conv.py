@@ -4,6 +4,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from .. import precision
 from .core import SeededLayer, seeded_normal
 
 
@@ -43,9 +44,9 @@ class CausalConv(SeededLayer):
             tf.cast(self.kernel, x.dtype),
             [self.kernel_size, group_size, self.groups, group_size],
         )  # (K, c_in, groups, c_out)
-        y = tf.einsum("bsgc,cgo->bsgo", grouped[:, 0:seq], kernel[0])
+        y = precision.einsum("bsgc,cgo->bsgo", grouped[:, 0:seq], kernel[0])
         for tap in range(1, self.kernel_size):
-            y += tf.einsum("bsgc,cgo->bsgo", grouped[:, tap : tap + seq], kernel[tap])
+            y += precision.einsum("bsgc,cgo->bsgo", grouped[:, tap : tap + seq], kernel[tap])
         y = tf.reshape(y, [-1, seq, self.hidden_size])  # (b, s, hidden)
         return tf.nn.relu(y + tf.cast(self.bias, x.dtype))
 

@@ -11,6 +11,8 @@ from typing import Any, Optional
 import keras
 import tensorflow as tf
 
+from .. import precision
+
 
 def seeded_normal(seed: int, stddev: float) -> keras.initializers.Initializer:
     """Normal initialiser with its own seed, so weights never depend on creation order."""
@@ -153,7 +155,7 @@ class Projection(SeededLayer):
         )
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
-        y = tf.tensordot(x, tf.cast(self.kernel, x.dtype), axes=1)
+        y = precision.einsum("...i,io->...o", x, tf.cast(self.kernel, x.dtype))
         if self.bias is not None:
             y = y + tf.cast(self.bias, x.dtype)
         return y

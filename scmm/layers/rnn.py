@@ -14,6 +14,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from .. import precision
 from .core import SeededLayer, seeded_normal
 
 
@@ -23,7 +24,7 @@ def highway_scan(gates_in: tf.Tensor, recurrent: tf.Tensor) -> tf.Tensor:
 
     def step(state: tf.Tensor, gate_in: tf.Tensor) -> tf.Tensor:
         # state: (b, h), gate_in: (b, 2, h)
-        pre = gate_in + tf.einsum("bh,hgk->bgk", state, recurrent)
+        pre = gate_in + precision.einsum("bh,hgk->bgk", state, recurrent)
         candidate = tf.tanh(pre[:, 0])
         transform = tf.sigmoid(pre[:, 1])
         return state + transform * (candidate - state)
@@ -59,7 +60,7 @@ class RecurrentHighway(SeededLayer):
         dtype = x.dtype
         # The input half of every gate does not depend on the state: one big matmul up front.
         bias = tf.cast(self.bias, dtype) - tf.constant([[0.0], [self.rebias]], dtype)  # (2, h)
-        gates_in = tf.einsum("bsh,hgk->sbgk", x, tf.cast(self.input_kernel, dtype)) + bias
+        gates_in = precision.einsum("bsh,hgk->sbgk", x, tf.cast(self.input_kernel, dtype)) + bias
         recurrent = tf.cast(self.recurrent_kernel, dtype)  # (h, 2, h)
         return highway_scan(gates_in, recurrent)
 

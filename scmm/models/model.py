@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .. import layers
+from .. import layers, precision
 from .settings import (
     AttentionSettings,
     ConvSettings,
@@ -173,14 +173,21 @@ class CharLM(keras.Model):
 
     def hidden_states(self, tokens: tf.Tensor) -> tf.Tensor:
         """Trunk output before the final norm: (batch, seq, hidden) in the compute dtype."""
-        x = self.shift(self.embedding(tokens))  # (b, s, hidden)
-        for block in self.blocks:
-            x = block(x)
+        with precision.scope(self.settings.precision):  # simulated low-precision matmuls
+            x = self.shift(self.embedding(tokens))  # (b, s, hidden)
+            for block in self.blocks:
+                x = block(x)
         return x
+
+    def _head(self, hidden: tf.Tensor) -> tf.Tensor:
+        # The output projection stays in the compute dtype unless precision.head is set.
+        settings = self.settings.precision
+        with precision.scope(settings if settings.head else None):
+            return self.head(self.final_norm(hidden))
 
     def logits(self, tokens: tf.Tensor) -> tf.Tensor:
         """Next-character logits (batch, seq, vocab) in the compute dtype."""
-        return self.head(self.final_norm(self.hidden_states(tokens)))
+        return self._head(self.hidden_states(tokens))
 
     def call(  # pylint: disable=arguments-differ
         self, tokens: tf.Tensor, mask: Optional[tf.Tensor] = None
@@ -189,7 +196,7 @@ class CharLM(keras.Model):
         if mask is None:
             mask = tf.ones_like(tokens, dtype=tf.bool)
         hidden = self.hidden_states(tokens)
-        logits = self.head(self.final_norm(hidden))
+        logits = self._head(hidden)
         if self.unit_scale:
             loss, n_tokens = _unit_scaled_cross_entropy()(logits, tokens, mask)
         else:

@@ -118,6 +118,46 @@ class ResidualSettings:
     """Branch weight for weighting=fixed (ignored otherwise)."""
 
 
+# Formats a matmul operand or gradient can be simulated in (see scmm.formats).
+MATMUL_FORMATS = ("float32", "bfloat16", "float16", "float8_e4m3fn", "float8_e5m2", "e4m3", "e5m2")
+
+
+@dataclasses.dataclass
+class PrecisionSettings:
+    """Simulated low-precision matmuls (``scmm.precision``): every matmul/conv in the trunk
+    sees its inputs rounded to a format, and the gradient flowing back into its output rounded
+    to another. float32 everywhere (the default) changes nothing. FP8: activations and weights
+    e4m3, gradients e5m2."""
+
+    activations: str = "float32"
+    """Format of activation operands (including attention scores/probabilities and values)."""
+    weights: str = "float32"
+    """Format of weight operands."""
+    gradients: str = "float32"
+    """Format of the gradient arriving at each matmul output in the backward pass."""
+    saturate: bool = True
+    """Clamp finite values beyond the format's max (OCP saturating mode) instead of inf/NaN."""
+    scaling: Literal["none", "dynamic"] = "none"
+    """none: cast as is (unit scaling needs nothing else); dynamic: scale each tensor by a
+    power of two from its current abs max before the cast (what FP8 libraries do)."""
+    head: bool = False
+    """Also simulate the output projection (kept in the compute dtype by default)."""
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any role is rounded."""
+        return any(f != "float32" for f in (self.activations, self.weights, self.gradients))
+
+    def validate(self) -> None:
+        """Raise ValueError naming an unknown format."""
+        for role in ("activations", "weights", "gradients"):
+            value = getattr(self, role)
+            if value not in MATMUL_FORMATS:
+                raise ValueError(
+                    f"model.precision.{role}={value!r}; expected one of {', '.join(MATMUL_FORMATS)}"
+                )
+
+
 @dataclasses.dataclass
 class ModelSettings:
     """Character LM: embedding, shift, depth x (sequence, token) blocks, final norm, head."""
@@ -133,6 +173,8 @@ class ModelSettings:
     token: TokenMixerSettings = dataclasses.field(default_factory=FFNSettings)
     dtype: DType = "float32"
     """Compute dtype. Weight storage for 16-bit dtypes is chosen by training.weights."""
+    precision: PrecisionSettings = dataclasses.field(default_factory=PrecisionSettings)
+    """Simulated low-precision (e.g. FP8) matmul inputs and gradients."""
     seed: Optional[int] = None
     """Initialisation seed. None: derived from the experiment seed."""
 
@@ -149,3 +191,4 @@ class ModelSettings:
         if isinstance(self.token, FFNSettings) and self.token.multiple <= 0:
             raise ValueError(f"model.token.multiple must be > 0, got {self.token.multiple}")
         self.sequence.validate(self.hidden_size)
+        self.precision.validate()

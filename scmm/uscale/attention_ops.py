@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..layers.attention import MASK_VALUE, relative_shift
+from .. import precision
 from .ops import weight_contraction
 from .scaling import Constraint, as_compute, constrain, scaling, static_size
 
@@ -89,8 +90,11 @@ def positional_keys(
     alpha = attention_scale(rows, logit_variance)
     backward = alpha * (batch * rows / 2) ** -0.5 / POSITIONAL_GRAD_STD
     dtype = tf.as_dtype(dtype or weight.dtype)
-    w = scaling(as_compute(weight, dtype), forward=forward, backward=backward)
-    return tf.einsum("rf,fna->nra", tf.constant(embedding, dtype), w)  # (heads, r, hs)
+    w = scaling(
+        precision.operand(as_compute(weight, dtype), "weight"), forward=forward, backward=backward
+    )
+    e = precision.operand(tf.constant(embedding, dtype), "activation")
+    return precision.output(tf.einsum("rf,fna->nra", e, w))  # (heads, r, hs)
 
 
 # Measured std of the positional weight gradient for the char-LM shapes with the scale
@@ -160,20 +164,28 @@ def causal_attention(
         raise ValueError(f"causal_attention needs static shapes, got {q.shape}")
     alpha = attention_scale(seq, logit_variance) ** VALUE_CORRELATION_POWER
     dtype = q.dtype
-    q, k, v = (scaling(t, backward=alpha) for t in (q, k, v))
-    pos_keys = as_compute(pos_keys, dtype)
+    q, k, v = (precision.operand(scaling(t, backward=alpha), "activation") for t in (q, k, v))
+    pos_keys = precision.operand(as_compute(pos_keys, dtype), "activation")
     temperature = tf.cast(head_size**-0.5, dtype)
     mixed = []
     for start, stop in _chunk_bounds(seq, query_chunk):
         q_c = q[:, :, start:stop]  # (b, heads, chunk, hs)
-        content = tf.einsum("bnia,bnja->bnij", q_c, k[:, :, :stop])  # (b, heads, chunk, stop)
+        content = precision.output(
+            tf.einsum("bnia,bnja->bnij", q_c, k[:, :, :stop])
+        )  # (b, heads, chunk, stop)
         position = relative_shift(
-            tf.einsum("bnia,nra->bnir", q_c, pos_keys[:, seq - stop :])
+            precision.output(tf.einsum("bnia,nra->bnir", q_c, pos_keys[:, seq - stop :]))
         )  # (b, heads, chunk, stop)
         scores = (content + position) * temperature
         causal = np.arange(stop)[None, :] <= np.arange(start, stop)[:, None]
         scores = tf.where(tf.constant(causal), scores, tf.cast(MASK_VALUE, dtype))
         weights = tf.nn.softmax(scores, axis=-1)
-        mixed.append(tf.einsum("bnij,bnja->bina", weights, v[:, :, :stop]))
+        # Probabilities average 1/stop: times stop they are unit-scale for the low-precision
+        # cast (an exact static rescaling when stop is a power of two).
+        weights = precision.operand(weights * tf.cast(stop, dtype), "activation")
+        mixed.append(
+            precision.output(tf.einsum("bnij,bnja->bina", weights, v[:, :, :stop]))
+            / tf.cast(stop, dtype)
+        )
     out = mixed[0] if len(mixed) == 1 else tf.concat(mixed, axis=1)  # (b, s, heads, hs)
     return scaling(out, forward=alpha)

@@ -29,6 +29,7 @@ from typing import Callable, Optional
 
 import tensorflow as tf
 
+from .. import precision
 from .scaling import Constraint, as_compute, constrain, scaling, static_size
 
 
@@ -46,11 +47,16 @@ def weight_contraction(
     c * J^T g is what the chain rule gives.
     """
     forward, backward = scales
-    w = as_compute(weight, x.dtype)
+    # Simulated low precision rounds the unit-scale operands (the weight before a scale is
+    # folded into it) and the unit gradient arriving at the product (``scmm.precision``).
+    w = precision.operand(as_compute(weight, x.dtype), "weight")
+    x = precision.operand(x, "activation")
     if forward == backward:  # fold into the weight (linear in w, so exact)
-        return contract(x, scaling(w, forward=forward, backward=weight_grad_scale))
+        return precision.output(
+            contract(x, scaling(w, forward=forward, backward=weight_grad_scale))
+        )
     y = contract(scaling(x, backward=backward), scaling(w, backward=weight_grad_scale))
-    return scaling(y, forward=forward)
+    return scaling(precision.output(y), forward=forward)
 
 
 def _tensordot(x: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
@@ -92,8 +98,9 @@ def matmul(a: tf.Tensor, b: tf.Tensor, constraint: Constraint = "gmean") -> tf.T
         ideal = (math.sqrt(ideal[1] * ideal[2]),) * 3
     else:
         constrain(1.0, 1.0, constraint)  # validates the name
+    a, b = precision.operand(a, "activation"), precision.operand(b, "activation")
     y = tf.matmul(scaling(a, backward=ideal[1]), scaling(b, backward=ideal[2]))
-    return scaling(y, forward=ideal[0])
+    return scaling(precision.output(y), forward=ideal[0])
 
 
 def _parameter_rows(x: tf.Tensor, parameter: tf.Tensor, what: str) -> int:

@@ -10,6 +10,7 @@ activations to rescale: the state update s + g (h - s) needs g in (0, 1) and h i
 
 import tensorflow as tf
 
+from .. import precision
 from ..layers.rnn import highway_scan
 from .scaling import as_compute, scaling, static_size
 
@@ -45,7 +46,11 @@ def rhn_kernels(
     the scan.
     """
     scale = rhn_gate_scale(input_kernel.shape[0], recurrent_kernel.shape[0])
-    w = scaling(as_compute(input_kernel, dtype), forward=scale, backward=rows**-0.5)
+    w = scaling(
+        precision.operand(as_compute(input_kernel, dtype), "weight"),
+        forward=scale,
+        backward=rows**-0.5,
+    )
     r = scaling(
         as_compute(recurrent_kernel, dtype),
         forward=scale,
@@ -74,7 +79,8 @@ def recurrent_highway(
     rows = static_size([batch, seq], "recurrent_highway input")
     dtype = x.dtype
     w, r = rhn_kernels(input_kernel, recurrent_kernel, rows, dtype)
-    gates_in = tf.einsum("bsh,hgk->sbgk", x, w)  # (s, b, 2, h)
+    x = precision.operand(x, "activation")
+    gates_in = precision.output(tf.einsum("bsh,hgk->sbgk", x, w))  # (s, b, 2, h)
     shift = tf.constant([[0.0], [rebias]], dtype)  # (2, 1)
     bias_t = scaling(as_compute(bias, dtype), backward=rows**-0.5 * BIAS_GRAD_FACTOR)
     gates_in = gates_in + (bias_t - shift)

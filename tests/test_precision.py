@@ -1,0 +1,130 @@
+"""Simulated low-precision matmuls (scmm.precision) against a plain ml_dtypes reference, and
+models of every kind training with FP8 (unit-scaled) and bfloat16 on a repeating sequence."""
+
+import dataclasses
+
+import ml_dtypes
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import MODEL_VARIANTS, VOCAB, make_execution, model_settings, repeating_batch
+
+from scmm import precision
+from scmm.models import CharLM, ResidualSettings
+from scmm.models.settings import PrecisionSettings
+from scmm.training import AdamWSettings, Trainer, TrainingSettings, vector_learning_rate_scales
+
+FP8 = PrecisionSettings(activations="e4m3", weights="e4m3", gradients="e5m2")
+
+
+def rounded(x: np.ndarray, dtype: type) -> np.ndarray:
+    return np.asarray(x, np.float32).astype(dtype).astype(np.float32)
+
+
+def sample(shape: tuple[int, ...], scale: float, seed: int) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)
+
+
+def test_einsum_is_plain_outside_a_scope_and_with_float32_formats() -> None:
+    a, b = tf.constant(sample((4, 8), 1, 0)), tf.constant(sample((8, 3), 1, 1))
+    want = tf.einsum("ik,kj->ij", a, b).numpy()
+    assert np.array_equal(precision.einsum("ik,kj->ij", a, b).numpy(), want)
+    with precision.scope(PrecisionSettings()):
+        assert precision.current() is None
+        assert np.array_equal(precision.einsum("ik,kj->ij", a, b).numpy(), want)
+
+
+def test_fp8_einsum_matches_reference_forward_and_backward() -> None:
+    a_np, b_np = sample((16, 32), 1.0, 0), sample((32, 8), 0.5, 1)
+    a_np[0, 0] = 1000.0  # beyond E4M3's 448: saturates
+    upstream_np = sample((16, 8), 1e-3, 2)
+    a, b = tf.constant(a_np), tf.constant(b_np)
+    with tf.GradientTape() as tape:
+        tape.watch([a, b])
+        with precision.scope(FP8):
+            y = precision.einsum("ik,kj->ij", a, b)
+    grad_a, grad_b = tape.gradient(y, [a, b], tf.constant(upstream_np))
+    a_q = rounded(np.clip(a_np, -448, 448), ml_dtypes.float8_e4m3fn)
+    b_q = rounded(b_np, ml_dtypes.float8_e4m3fn)
+    g_q = rounded(upstream_np, ml_dtypes.float8_e5m2)
+    np.testing.assert_allclose(y.numpy(), a_q @ b_q, rtol=1e-5, atol=1e-5)
+    assert a_q[0, 0] == 448
+    # Straight-through: the rounded gradient times the other rounded operand.
+    np.testing.assert_allclose(grad_a.numpy(), g_q @ b_q.T, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(grad_b.numpy(), a_q.T @ g_q, rtol=1e-5, atol=1e-9)
+
+
+def test_dynamic_scaling_keeps_small_tensors_representable() -> None:
+    x = tf.constant(sample((4096,), 1e-4, 3))
+    naive = PrecisionSettings(activations="e4m3")
+    dynamic = dataclasses.replace(naive, scaling="dynamic")
+    with precision.scope(naive):
+        flushed = precision.operand(x, "activation").numpy()
+    with precision.scope(dynamic):
+        kept = precision.operand(x, "activation").numpy()
+    assert np.mean(flushed == 0) > 0.9  # N(0, 1e-4) is below E4M3's smallest subnormal 2^-9
+    relative = np.abs(kept - x.numpy()) / np.abs(x.numpy())
+    assert np.mean(kept == 0) < 0.01 and np.median(relative) < 2**-4
+    # Scaling by a power of two is exact: the result is an E4M3 value times 2^-k.
+    scale = 2.0 ** np.floor(np.log2(448 / np.abs(x.numpy()).max()))
+    assert np.array_equal(rounded(kept * scale, ml_dtypes.float8_e4m3fn), kept * scale)
+
+
+def test_settings_reject_unknown_formats() -> None:
+    with pytest.raises(ValueError, match="model.precision.weights='e4m4'"):
+        PrecisionSettings(weights="e4m4").validate()
+
+
+@pytest.mark.parametrize("unit_scale", [False, True])
+@pytest.mark.parametrize("kind,norm", MODEL_VARIANTS)
+def test_fp8_simulation_changes_the_loss_a_little(kind: str, norm: str, unit_scale: bool) -> None:
+    settings = dataclasses.replace(
+        model_settings(kind, norm=norm, seed=2),
+        residual=ResidualSettings(norm=norm, weighting="mean"),  # type: ignore[arg-type]
+    )
+    tokens = np.random.default_rng(0).integers(0, VOCAB, (4, 32))
+    plain = CharLM(settings, unit_scale=unit_scale)
+    float32 = CharLM(
+        dataclasses.replace(settings, precision=PrecisionSettings(activations="float32")),
+        unit_scale=unit_scale,
+    )
+    fp8 = CharLM(dataclasses.replace(settings, precision=FP8), unit_scale=unit_scale)
+    loss = float(plain(tokens)["loss"])
+    assert float(float32(tokens)["loss"]) == loss  # float32 formats: nothing changes
+    fp8_loss = float(fp8(tokens)["loss"])
+    assert fp8_loss != loss and abs(fp8_loss - loss) < 0.05 * loss
+
+
+FIT_THRESHOLD = 0.1  # nats per character on the predictable positions
+
+
+@pytest.mark.parametrize(
+    "kind,norm,mode",
+    [(k, n, "fp8") for k, n in MODEL_VARIANTS]
+    # bfloat16 runs are slower on CPU; the suite keeps them under --slow.
+    + [pytest.param(k, n, "bfloat16", marks=pytest.mark.slow) for k, n in MODEL_VARIANTS],
+)
+def test_unit_scaled_models_fit_a_repeating_sequence_in_low_precision(
+    kind: str, norm: str, mode: str
+) -> None:
+    rng = np.random.default_rng({"attention": 0, "conv": 1, "rnn": 2}[kind])
+    pattern = rng.integers(0, VOCAB, rng.integers(13, 18))
+    settings = dataclasses.replace(
+        model_settings(
+            kind, norm=norm, seed=3, dtype="bfloat16" if mode == "bfloat16" else "float32"
+        ),
+        residual=ResidualSettings(norm=norm, weighting="mean"),  # type: ignore[arg-type]
+        precision=FP8 if mode == "fp8" else PrecisionSettings(),
+    )
+    model = CharLM(settings, unit_scale=True)
+    trainer = Trainer(
+        model,
+        TrainingSettings(optimiser=AdamWSettings(learning_rate=2**-6)),
+        make_execution(xla=True),
+        learning_rate_scales=vector_learning_rate_scales(model.trainable_weights),
+    )
+    losses = np.concatenate(
+        [trainer.train(repeating_batch(pattern, 50, 4, 48, rng))["loss"] for _ in range(4)]
+    )
+    assert losses[0] > 2.0
+    assert losses[-10:].max() < FIT_THRESHOLD, losses[-10:]
