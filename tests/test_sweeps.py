@@ -7,17 +7,26 @@ import csv
 import json
 import math
 import os
+import pathlib
 import signal
 import subprocess
 import sys
 import time
+from typing import Any, Callable, Iterable, Optional
 
 import pytest
 
 from scmm.experiments.settings import SettingsError
 from scmm.sweeps import cli as sweep_cli
 from scmm.sweeps import results as sweep_results
-from scmm.sweeps.definition import LrSearch, definition_from_dict, expand, load_definition
+from scmm.sweeps.definition import (
+    Configuration,
+    LrSearch,
+    SweepDefinition,
+    definition_from_dict,
+    expand,
+    load_definition,
+)
 from scmm.sweeps.executors import TrialOutcome, TrialSpec
 from scmm.sweeps.index import SweepIndex, TrialRecord
 from scmm.sweeps.runner import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Sweep, SweepOptions
@@ -26,14 +35,27 @@ from scmm.sweeps.search import best_point, learning_rate, next_point
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def definition(**fields):
+def definition(**fields: Any) -> SweepDefinition:
     return definition_from_dict({"name": "t", "base": "smoke", **fields}, "test")
+
+
+def search_of(config: Configuration) -> LrSearch:
+    """The configuration's LR search, which these tests expect to exist."""
+    assert config.lr_search is not None
+    return config.lr_search
+
+
+def record_of(index: SweepIndex, trial: str) -> TrialRecord:
+    """The index's record of ``trial``, which these tests expect to exist."""
+    record = index.get(trial)
+    assert record is not None
+    return record
 
 
 # -- definitions and expansion -------------------------------------------------------------- -----
 
 
-def test_cartesian_product_filters_and_labels():
+def test_cartesian_product_filters_and_labels() -> None:
     sweep = definition(
         axes={
             "variant": {"regular": {"unit_scale": False}, "unit": {"unit_scale": True}},
@@ -54,7 +76,7 @@ def test_cartesian_product_filters_and_labels():
     assert unit_64.settings["preset"] == "smoke"
 
 
-def test_axis_value_may_switch_preset_and_search_start():
+def test_axis_value_may_switch_preset_and_search_start() -> None:
     sweep = definition(
         axes={
             "model": {"attention": {"preset": "paper-attention"}, "rnn": {"preset": "paper-rnn"}},
@@ -71,10 +93,10 @@ def test_axis_value_may_switch_preset_and_search_start():
     assert rnn_unit.settings["model"]["depth"] == 2
     assert rnn_unit.settings["preset"] == "paper-rnn"
     assert rnn_unit.lr_search == LrSearch(start=2**-8, factor=2, threshold=0.1)
-    assert configs["model=attention,variant=regular"].lr_search.start == 2**-14
+    assert search_of(configs["model=attention,variant=regular"]).start == 2**-14
 
 
-def test_extra_overrides_apply_to_every_configuration():
+def test_extra_overrides_apply_to_every_configuration() -> None:
     sweep = definition(axes={"seed": [1, 2]})
     configs = expand(sweep, {"training.steps": 7})
     assert [c.settings["training"]["steps"] for c in configs] == [7, 7]
@@ -96,17 +118,17 @@ def test_extra_overrides_apply_to_every_configuration():
         ({"axes": {"v": {"a": {"lr_search.factor": 0.5}}}}, "lr_search.factor"),
     ],
 )
-def test_bad_definitions_name_the_offending_entry(fields, message):
+def test_bad_definitions_name_the_offending_entry(fields: dict[str, Any], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         expand(definition(**fields))
 
 
-def test_unknown_sweep_name_lists_presets():
+def test_unknown_sweep_name_lists_presets() -> None:
     with pytest.raises(SettingsError, match="paper-table"):
         load_definition("no-such-sweep")
 
 
-def test_sweep_file_yaml(tmp_path):
+def test_sweep_file_yaml(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "mine.yaml"
     path.write_text(
         "base: smoke\naxes:\n  training.optimiser.learning_rate: [0.001, 0.01]\nrepeats: 2\n"
@@ -119,7 +141,7 @@ def test_sweep_file_yaml(tmp_path):
     ]
 
 
-def test_paper_table_has_the_papers_twenty_configurations():
+def test_paper_table_has_the_papers_twenty_configurations() -> None:
     configs = expand(load_definition("paper-table"))
     assert len(configs) == 20
     rows = {(c.labels["model"], c.labels["norm"]) for c in configs}
@@ -135,7 +157,7 @@ def test_paper_table_has_the_papers_twenty_configurations():
     for config in configs:
         unit = config.labels["variant"] == "unit"
         assert config.settings["unit_scale"] is unit
-        assert config.lr_search.start == (2**-8 if unit else 2**-14)
+        assert search_of(config).start == (2**-8 if unit else 2**-14)
         assert config.settings["training"]["steps"] == 2**19
         assert config.settings["data"]["path"] == "data/wikitext-103"
         assert config.settings["model"]["residual"]["norm"] == config.labels["norm"]
@@ -143,7 +165,7 @@ def test_paper_table_has_the_papers_twenty_configurations():
         assert scale == float(config.labels["loss_scale"])
 
 
-def test_dry_run_lists_every_configuration_fast(capsys):
+def test_dry_run_lists_every_configuration_fast(capsys: pytest.CaptureFixture[str]) -> None:
     start = time.perf_counter()
     assert sweep_cli.main(["paper-table", "--dry-run"]) == 0
     elapsed = time.perf_counter() - start
@@ -153,14 +175,18 @@ def test_dry_run_lists_every_configuration_fast(capsys):
     assert elapsed < 30  # no TensorFlow, no data: it is a listing
 
 
-def test_cli_rejects_bad_override_before_running(tmp_path, capsys):
+def test_cli_rejects_bad_override_before_running(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = sweep_cli.main(["smoke", "--model.hidden_size", "abc", "--out", str(tmp_path / "s")])
     assert code == sweep_cli.EXIT_USAGE
     assert "hidden_size" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
 
 
-def test_cli_rejects_missing_data_folder(tmp_path, capsys):
+def test_cli_rejects_missing_data_folder(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = sweep_cli.main(["smoke", "--data.path", str(tmp_path / "none"), "--out", str(tmp_path)])
     assert code == sweep_cli.EXIT_USAGE
     assert "is not a folder" in capsys.readouterr().err
@@ -169,9 +195,12 @@ def test_cli_rejects_missing_data_folder(tmp_path, capsys):
 # -- the LR-search rule ----------------------------------------------------------------------- ---
 
 
-def run_search(search, objective):
+def run_search(
+    search: LrSearch, objective: Callable[[int], float]
+) -> tuple[list[int], dict[int, float]]:
     """Drive next_point with objective(k) -> score; returns the points in order."""
-    scores, order = {}, []
+    scores: dict[int, float] = {}
+    order: list[int] = []
     point = next_point(search, scores)
     while point is not None:
         order.append(point)
@@ -180,7 +209,7 @@ def run_search(search, objective):
     return order, scores
 
 
-def test_search_climbs_until_worse_than_best_by_threshold():
+def test_search_climbs_until_worse_than_best_by_threshold() -> None:
     search = LrSearch(start=2**-14, factor=2, threshold=0.1, max_points=20)
     order, scores = run_search(search, lambda k: 2.0 + 0.04 * (k - 4) ** 2)
     # Best at k=4; k=6 is 0.16 worse (> 0.1): stop there.
@@ -189,19 +218,19 @@ def test_search_climbs_until_worse_than_best_by_threshold():
     assert learning_rate(search, 4) == 2**-10
 
 
-def test_search_stops_at_divergence():
+def test_search_stops_at_divergence() -> None:
     order, _ = run_search(LrSearch(threshold=0.5), lambda k: 1.0 - 0.01 * k if k < 3 else math.inf)
     assert order == [0, 1, 2, 3]
 
 
-def test_search_walks_down_when_the_best_is_the_first_point():
+def test_search_walks_down_when_the_best_is_the_first_point() -> None:
     order, scores = run_search(LrSearch(threshold=0.1), lambda k: 2.0 + 0.05 * (k + 3) ** 2)
     assert order[:3] == [0, 1, -1]
     assert best_point(scores) == -3
     assert order[-1] == -4  # the first point below the optimum that is worse
 
 
-def test_search_respects_max_points():
+def test_search_respects_max_points() -> None:
     order, _ = run_search(LrSearch(max_points=3), lambda k: -k)
     assert order == [0, 1, 2]
 
@@ -212,20 +241,25 @@ def test_search_respects_max_points():
 class FakeExecutor:
     """Runs trials in-process from an objective of (learning rate, seed); no TensorFlow."""
 
-    def __init__(self, objective, fail=(), interrupt_after=None):
+    def __init__(
+        self,
+        objective: Callable[[float, int], float],
+        fail: Iterable[str] = (),
+        interrupt_after: Optional[int] = None,
+    ) -> None:
         self.objective = objective
         self.fail = dict.fromkeys(fail, 1)
-        self.submitted = []
+        self.submitted: list[str] = []
         self.interrupt_after = interrupt_after
         self.stopped = False
 
-    def submit(self, spec: TrialSpec):
+    def submit(self, spec: TrialSpec) -> concurrent.futures.Future[TrialOutcome]:
         if self.interrupt_after is not None and len(self.submitted) >= self.interrupt_after:
             raise KeyboardInterrupt
         self.submitted.append(spec.trial)
         with open(spec.settings_path, encoding="utf-8") as file:
             settings = json.load(file)
-        future = concurrent.futures.Future()
+        future: concurrent.futures.Future[TrialOutcome] = concurrent.futures.Future()
         rate = settings["training"]["optimiser"]["learning_rate"]
         if self.fail.get(spec.trial):
             self.fail[spec.trial] -= 1
@@ -246,11 +280,11 @@ class FakeExecutor:
         future.set_result(TrialOutcome(exit_code=0, summary=summary, wall_seconds=0.1))
         return future
 
-    def shutdown(self):
+    def shutdown(self) -> None:
         self.stopped = True
 
 
-def fake_sweep(tmp_path, **fields):
+def fake_sweep(tmp_path: pathlib.Path, **fields: Any) -> Sweep:
     sweep = definition(
         axes={
             "variant": {
@@ -269,14 +303,14 @@ def fake_sweep(tmp_path, **fields):
     return Sweep(sweep, expand(sweep), SweepOptions(out_dir=str(tmp_path / "sweep")))
 
 
-def bowl(log2_rate, seed):
+def bowl(log2_rate: float, seed: int) -> float:
     """Validation BPC with its optimum at 2^-8, diverging above 2^-5; seeds add noise."""
     if log2_rate > -5:
         return math.inf
     return 2.0 + 0.05 * (log2_rate + 8) ** 2 + 0.001 * seed
 
 
-def test_scheduler_runs_the_search_and_writes_results(tmp_path):
+def test_scheduler_runs_the_search_and_writes_results(tmp_path: pathlib.Path) -> None:
     sweep = fake_sweep(tmp_path)
     executor = FakeExecutor(bowl)
     assert sweep.run(executor, progress=False) == EXIT_OK
@@ -304,37 +338,41 @@ def test_scheduler_runs_the_search_and_writes_results(tmp_path):
     assert settings["seed"] == 0 + 1  # no seed in the base: 0, plus the repeat
 
 
-def test_rerun_skips_finished_trials(tmp_path):
+def test_rerun_skips_finished_trials(tmp_path: pathlib.Path) -> None:
     assert fake_sweep(tmp_path).run(FakeExecutor(bowl), progress=False) == EXIT_OK
     again = FakeExecutor(bowl)
     assert fake_sweep(tmp_path).run(again, progress=False) == EXIT_OK
     assert not again.submitted
 
 
-def test_a_failing_trial_is_retried_and_does_not_stop_the_others(tmp_path):
+def test_a_failing_trial_is_retried_and_does_not_stop_the_others(tmp_path: pathlib.Path) -> None:
     executor = FakeExecutor(bowl, fail=["variant=unit/lr-9.00-r0"])
     assert fake_sweep(tmp_path).run(executor, progress=False) == EXIT_OK
     assert executor.submitted.count("variant=unit/lr-9.00-r0") == 2
-    record = SweepIndex(str(tmp_path / "sweep" / "sweep.jsonl")).get("variant=unit/lr-9.00-r0")
+    record = record_of(
+        SweepIndex(str(tmp_path / "sweep" / "sweep.jsonl")), "variant=unit/lr-9.00-r0"
+    )
     assert record.state == "finished" and record.attempts == 2
 
 
-def test_a_trial_failing_past_its_retries_stops_only_its_configuration(tmp_path):
+def test_a_trial_failing_past_its_retries_stops_only_its_configuration(
+    tmp_path: pathlib.Path,
+) -> None:
     trial = "variant=unit/lr-9.00-r0"
     executor = FakeExecutor(bowl, fail=[trial])
     executor.fail[trial] = 5
     assert fake_sweep(tmp_path).run(executor, progress=False) == EXIT_FAILED
     assert executor.submitted.count(trial) == 2  # 1 + --retries 1
     index = SweepIndex(str(tmp_path / "sweep" / "sweep.jsonl"))
-    assert index.get(trial).state == "failed"
-    assert index.get("variant=regular/lr-8.00-r0").state == "finished"
+    assert record_of(index, trial).state == "failed"
+    assert record_of(index, "variant=regular/lr-8.00-r0").state == "finished"
     assert (
         "Stopped after repeated crashes: variant=unit"
         in (tmp_path / "sweep" / "table.md").read_text()
     )
 
 
-def test_diverged_trials_are_results_with_infinite_loss(tmp_path):
+def test_diverged_trials_are_results_with_infinite_loss(tmp_path: pathlib.Path) -> None:
     executor = FakeExecutor(bowl)
     fake_sweep(tmp_path).run(executor, progress=False)
     index = SweepIndex(str(tmp_path / "sweep" / "sweep.jsonl"))
@@ -349,7 +387,7 @@ def test_diverged_trials_are_results_with_infinite_loss(tmp_path):
     assert diverged and all(r.valid_bpc == math.inf and r.attempts == 1 for r in diverged)
 
 
-def test_interrupt_records_running_trials_and_resume_completes(tmp_path):
+def test_interrupt_records_running_trials_and_resume_completes(tmp_path: pathlib.Path) -> None:
     # The first round (2 configurations x 2 repeats) completes; Ctrl-C lands on the 5th start.
     executor = FakeExecutor(bowl, interrupt_after=4)
     assert fake_sweep(tmp_path).run(executor, progress=False) == EXIT_INTERRUPTED
@@ -362,7 +400,7 @@ def test_interrupt_records_running_trials_and_resume_completes(tmp_path):
     assert len(resumed.submitted) == 2 * (7 + 4) - 4
 
 
-def test_a_different_sweep_in_the_same_folder_is_refused(tmp_path):
+def test_a_different_sweep_in_the_same_folder_is_refused(tmp_path: pathlib.Path) -> None:
     fake_sweep(tmp_path).run(FakeExecutor(bowl), progress=False)
     with pytest.raises(SettingsError, match="different sweep"):
         fake_sweep(tmp_path, overrides={"training.steps": 5})
@@ -371,7 +409,7 @@ def test_a_different_sweep_in_the_same_folder_is_refused(tmp_path):
 # -- index and results ------------------------------------------------------------------------- --
 
 
-def test_index_round_trips_infinite_losses(tmp_path):
+def test_index_round_trips_infinite_losses(tmp_path: pathlib.Path) -> None:
     path = str(tmp_path / "sweep.jsonl")
     index = SweepIndex(path)
     record = TrialRecord(
@@ -380,11 +418,11 @@ def test_index_round_trips_infinite_losses(tmp_path):
     index.put(record)
     with open(path, encoding="utf-8") as file:
         json.loads(file.read())  # strict JSON (no Infinity literal)
-    assert SweepIndex(path).get("a/lr-1-r0").valid_bpc == math.inf
+    assert record_of(SweepIndex(path), "a/lr-1-r0").valid_bpc == math.inf
 
 
-def test_table_marks_cells_within_the_ci_of_the_row_best():
-    def records(config, labels, tests):
+def test_table_marks_cells_within_the_ci_of_the_row_best() -> None:
+    def records(config: str, labels: dict[str, str], tests: list[float]) -> list[TrialRecord]:
         return [
             TrialRecord(
                 f"{config}/{k}",
@@ -418,7 +456,7 @@ def test_table_marks_cells_within_the_ci_of_the_row_best():
 # -- end to end --------------------------------------------------------------------------------- -
 
 
-def run_sweep(*args, timeout=300):
+def run_sweep(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, os.path.join(ROOT, "run_sweep.py"), *args],
         capture_output=True,
@@ -429,18 +467,19 @@ def run_sweep(*args, timeout=300):
     )
 
 
-def check_smoke_outputs(out):
+def check_smoke_outputs(out: str) -> None:
     index = SweepIndex(os.path.join(out, "sweep.jsonl"))
     records = list(index)
     assert len(records) == 4 and all(r.state == "finished" for r in records)
     for record in records:
         assert os.path.exists(os.path.join(record.out_dir, "summary.json"))
+        assert record.valid_bpc is not None and record.tokens_per_second is not None
         assert math.isfinite(record.valid_bpc) and record.tokens_per_second > 0
     for name in ("results.csv", "table.md", "lr_sweep.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0
 
 
-def test_smoke_sweep_local_executor(tmp_path):
+def test_smoke_sweep_local_executor(tmp_path: pathlib.Path) -> None:
     out = str(tmp_path / "smoke")
     result = run_sweep("smoke", "--out", out, "--workers", "2")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -449,7 +488,7 @@ def test_smoke_sweep_local_executor(tmp_path):
     assert again.returncode == 0 and "finished " not in again.stdout
 
 
-def test_smoke_sweep_ray_executor(tmp_path):
+def test_smoke_sweep_ray_executor(tmp_path: pathlib.Path) -> None:
     pytest.importorskip("ray")
     out = str(tmp_path / "smoke")
     result = run_sweep("smoke", "--out", out, "--executor", "ray", "--threads", "1")
@@ -458,7 +497,9 @@ def test_smoke_sweep_ray_executor(tmp_path):
 
 
 @pytest.mark.slow  # ~1.5 min; the scheduler's interrupt/resume logic is also tested above
-def test_ctrl_c_midway_then_rerun_completes_without_repeating_finished_trials(tmp_path):
+def test_ctrl_c_midway_then_rerun_completes_without_repeating_finished_trials(
+    tmp_path: pathlib.Path,
+) -> None:
     out = str(tmp_path / "smoke")
     command = [
         sys.executable,
@@ -491,5 +532,7 @@ def test_ctrl_c_midway_then_rerun_completes_without_repeating_finished_trials(tm
     check_smoke_outputs(out)
     final = SweepIndex(index_path)
     for trial, mtime in mtimes.items():
-        assert final.get(trial).attempts == 1
-        assert os.path.getmtime(os.path.join(final.get(trial).out_dir, "summary.json")) == mtime
+        assert record_of(final, trial).attempts == 1
+        assert (
+            os.path.getmtime(os.path.join(record_of(final, trial).out_dir, "summary.json")) == mtime
+        )
