@@ -155,7 +155,7 @@ class Projection(SeededLayer):
         )
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
-        y = precision.einsum("...i,io->...o", x, tf.cast(self.kernel, x.dtype))
+        y = precision.tensordot(x, tf.cast(self.kernel, x.dtype))
         if self.bias is not None:
             y = y + tf.cast(self.bias, x.dtype)
         return y
