@@ -189,7 +189,7 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         folder = checkpoints.checkpoint_dir(self.out_dir)
         write_json(os.path.join(folder, "settings.json"), to_dict(self.settings))
         model_arrays = self.model.get_weight_arrays()
-        optimiser_arrays = self.trainer.optimiser.state_arrays()
+        optimiser_arrays = self.trainer.state_arrays()
         state = self._checkpoint_state()
         checkpoints.save(os.path.join(folder, "last.npz"), model_arrays, optimiser_arrays, state)
         if improved and self.settings.output.keep_best:
@@ -203,7 +203,7 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
             return 0  # killed before the first checkpoint: start again from step 0
         model_arrays, optimiser_arrays, state = checkpoints.load(path)
         self.model.set_weight_arrays(model_arrays)
-        self.trainer.optimiser.set_state_arrays(optimiser_arrays)
+        self.trainer.set_state_arrays(optimiser_arrays)
         self.stream.set_state(state["stream"])
         self.best_valid_loss = float(state["best_valid_loss"])
         self.throughput = Throughput(**state["throughput"])
@@ -281,6 +281,8 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
             "tokens_per_second": tokens / elapsed,
             "hidden_rms": float(results["hidden_rms"][-1]),
             "logits_rms": float(results["logits_rms"][-1]),
+            "loss_scale": float(results["loss_scale"][-1]),
+            "skipped_steps": int(np.sum(results["skipped"])),
             "steps": count,
         }
         self.last_metrics = metrics

@@ -88,7 +88,15 @@ class TrainingSettings:
     """Steps between validations (and checkpoints)."""
     optimiser: OptimiserSettings = dataclasses.field(default_factory=AdamWSettings)
     loss_scale: float = 1.0
-    """Static loss scale: the loss is multiplied by it before backprop, gradients divided after."""
+    """Loss scale: the loss is multiplied by it before backprop, gradients divided after
+    (the initial scale when loss_scaling=dynamic)."""
+    loss_scaling: Literal["static", "dynamic"] = "static"
+    """static: loss_scale throughout; dynamic: skip steps with non-finite gradients and shrink
+    the scale, grow it after loss_scale_growth_interval finite steps."""
+    loss_scale_factor: float = 2.0
+    """Dynamic loss scaling: shrink/grow factor."""
+    loss_scale_growth_interval: int = 2000
+    """Dynamic loss scaling: consecutive finite steps before the scale grows."""
     weights: WeightStorage = "master"
     """16-bit models only. master: float32 weights cast each step (GPU mixed precision);
     rounded: weights in the compute dtype, updates rounded to nearest; stochastic: weights in
@@ -105,4 +113,13 @@ class TrainingSettings:
             raise ValueError(f"training.steps must be >= 0 (0: evaluate only), got {self.steps}")
         if not self.loss_scale > 0:
             raise ValueError(f"training.loss_scale must be > 0, got {self.loss_scale}")
+        if not self.loss_scale_factor > 1:
+            raise ValueError(
+                f"training.loss_scale_factor must be > 1, got {self.loss_scale_factor}"
+            )
+        if self.loss_scale_growth_interval < 1:
+            raise ValueError(
+                "training.loss_scale_growth_interval must be >= 1,"
+                f" got {self.loss_scale_growth_interval}"
+            )
         self.optimiser.validate()

@@ -14,10 +14,19 @@ import tensorflow as tf
 
 from ..models import CharLM
 from ..pedal import Execution
+from .loss_scaling import LossScaler
 from .optimisers import Optimiser, make_optimiser
 from .settings import TrainingSettings
 
-STEP_METRICS = ("loss", "n_tokens", "hidden_rms", "logits_rms", "learning_rate")
+STEP_METRICS = (
+    "loss",
+    "n_tokens",
+    "hidden_rms",
+    "logits_rms",
+    "learning_rate",
+    "loss_scale",
+    "skipped",
+)
 
 
 class NonFiniteError(FloatingPointError):
@@ -59,6 +68,7 @@ class Trainer:
                 learning_rate_scales=learning_rate_scales,
                 seed=seed,
             )
+            self.loss_scaler = LossScaler(settings)
         self._train_loop = execution.compile(self._train_loop_fn)
         self._eval_step = execution.compile(self._eval_step_fn)
 
@@ -70,17 +80,20 @@ class Trainer:
     # Compiled bodies -------------------------------------------------------------------------
 
     def _train_step_fn(self, tokens: tf.Tensor, mask: tf.Tensor) -> dict[str, tf.Tensor]:
-        loss_scale = self.settings.loss_scale
+        scaler = self.loss_scaler
+        scale = tf.identity(scaler.scale)  # the scale this step used (before any update)
         with tf.GradientTape() as tape:
             outputs = self.model(tokens, mask)
-            scaled_loss = outputs["loss"] * loss_scale
-        grads = tape.gradient(scaled_loss, self.variables)
-        grads = [tf.cast(tf.convert_to_tensor(g), tf.float32) for g in grads]
-        if loss_scale != 1.0:
-            grads = [g / loss_scale for g in grads]
+            scaled_loss = scaler.scale_loss(outputs["loss"])
+        grads, finite = scaler.unscale(tape.gradient(scaled_loss, self.variables))
         rate = self.optimiser.learning_rate(self.optimiser.step)
-        self.optimiser.apply(grads)
-        return {**outputs, "learning_rate": rate}
+        skipped = scaler.step(finite, lambda: self.optimiser.apply(grads))
+        return {
+            **outputs,
+            "learning_rate": rate,
+            "loss_scale": scale,
+            "skipped": tf.cast(skipped, tf.float32),
+        }
 
     def _train_loop_fn(self, tokens: tf.Tensor, mask: tf.Tensor) -> dict[str, tf.Tensor]:
         # tokens, mask: (k, sequences, sequence_length)
@@ -102,6 +115,18 @@ class Trainer:
         return {"loss_sum": outputs["loss"] * outputs["n_tokens"], "n_tokens": outputs["n_tokens"]}
 
     # Host API --------------------------------------------------------------------------------
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Optimiser state plus the dynamic loss scale (what a checkpoint must hold)."""
+        return {**self.optimiser.state_arrays(), **self.loss_scaler.state_arrays()}
+
+    def set_state_arrays(self, state: dict[str, np.ndarray]) -> None:
+        """Restore from ``state_arrays()``."""
+        scaler_state = {k: v for k, v in state.items() if k.startswith("loss_scale/")}
+        self.optimiser.set_state_arrays(
+            {k: v for k, v in state.items() if not k.startswith("loss_scale/")}
+        )
+        self.loss_scaler.set_state_arrays(scaler_state)
 
     def train(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run len(batch["tokens"]) steps; returns per-step metrics (numpy, length k).
