@@ -2,8 +2,8 @@
 
 Prints, for each configuration, training tokens/s, milliseconds per step and compile time:
 the paper's attention model (hidden 128, depth 8, 2 heads x 64, FFN x4, pre-norm, running-mean
-residuals, batch 8 x 256 characters, float32) with and without XLA, its unit-scaled twin, and
-the paper's conv and RNN models.
+residuals, batch 8 x 256 characters, float32) with and without XLA, its unit-scaled twin (also
+with simulated FP8 matmuls: E4M3 inputs, E5M2 gradients), and the paper's conv and RNN models.
 Batches are random ids over a 256-character vocabulary; throughput does not depend on the
 text. Tokens/s is the median over timed calls, each running ``iterations_per_loop`` steps.
 """
@@ -25,6 +25,7 @@ from .models import (
     ResidualSettings,
     RNNSettings,
 )
+from .models.settings import PrecisionSettings
 from .pedal import Execution, ExecutionSettings
 from .training import Trainer, TrainingSettings, vector_learning_rate_scales
 
@@ -62,9 +63,12 @@ def paper_cases() -> list[Case]:
     attention = model(AttentionSettings(heads=2, head_size=64))
     # Unit scaling needs weighted residuals; the paper's runs use the running mean for both.
     attention_mean = dataclasses.replace(attention, residual=ResidualSettings(weighting="mean"))
+    fp8 = PrecisionSettings(activations="e4m3", weights="e4m3", gradients="e5m2")
+    attention_fp8 = dataclasses.replace(attention_mean, precision=fp8)
     return [
         Case("attention (paper, XLA)", attention_mean),
         Case("attention unit-scaled (paper, XLA)", attention_mean, unit_scale=True),
+        Case("attention unit-scaled FP8-sim (XLA)", attention_fp8, unit_scale=True),
         # Plain x + f(x) residuals: the regular model without the running-mean weighting, which
         # (for reasons not yet understood) makes XLA's CPU backward pass ~40% slower.
         Case("attention plain residual (XLA)", attention),
