@@ -536,3 +536,19 @@ def test_ctrl_c_midway_then_rerun_completes_without_repeating_finished_trials(
         assert (
             os.path.getmtime(os.path.join(record_of(final, trial).out_dir, "summary.json")) == mtime
         )
+
+
+def test_fp8_small_and_paper_table_small_expand() -> None:
+    fp8 = {c.key: c for c in expand(load_definition("fp8-small"))}
+    assert len(fp8) == 7 and "format=fp8-scaled,variant=unit" not in fp8
+    unit = fp8["format=fp8,variant=unit"].settings
+    assert unit["unit_scale"] is True
+    assert unit["model"]["precision"]["activations"] == "e4m3"
+    assert unit["model"]["precision"]["gradients"] == "e5m2"
+    scaled = fp8["format=fp8-scaled,variant=regular"].settings
+    assert scaled["model"]["precision"]["scaling"] == "dynamic"
+    small = expand(load_definition("paper-table-small"))
+    assert len(small) == 20
+    simulated = [c for c in small if c.labels["dtype"] == "float16-sim"]
+    assert len(simulated) == 12
+    assert all(c.settings["model"]["precision"]["gradients"] == "float16" for c in simulated)

@@ -18,6 +18,9 @@
   inputs and the gradient arriving at its output (the head's included) rounded to float16,
   non-saturating (``scmm.precision``). Weights keep float32 masters. Real FP16 (the paper's
   columns) is what ``paper-table`` runs on GPUs.
+- ``fp8-small``: the reduced attention model of ``paper-table-small`` in FP32, simulated FP8
+  (E4M3 activations and weights, E5M2 gradients; regular naive, regular with per-tensor
+  dynamic scaling, unit-scaled) and bfloat16, regular and unit-scaled, 2 repeats per LR.
 - ``uscale-small``: the four paper models reduced to run on a 2-core CPU, FP32, regular vs
   unit-scaled, each at its best LR of a short search (the unit-scaling issue's quality check).
 - ``smoke``: two tiny configurations and a two-point LR search, for tests.
@@ -35,6 +38,12 @@ _FP16_SIMULATED = {
     "model.precision.gradients": "float16",
     "model.precision.saturate": False,
     "model.precision.head": True,
+}
+
+_FP8 = {
+    "model.precision.activations": "e4m3",
+    "model.precision.weights": "e4m3",
+    "model.precision.gradients": "e5m2",
 }
 
 _FP16 = {"model.dtype": "float16", "training.weights": "stochastic"}
@@ -119,6 +128,42 @@ SWEEPS: dict[str, dict[str, Any]] = {
         "repeats": 3,
         "lr_search": {"factor": 4.0, "threshold": 0.1, "max_points": 4},
         "table_rows": ["model", "norm"],
+    },
+    "fp8-small": {
+        "description": (
+            "Paper attention model (reduced) in FP32, FP8 regular (naive and per-tensor"
+            " scaled), FP8 unit-scaled, and bfloat16 regular/unit, each at its best LR."
+        ),
+        "base": "paper-attention",
+        "overrides": {
+            "data.path": None,
+            "model.hidden_size": 64,
+            "model.depth": 2,
+            "model.sequence.head_size": 32,
+            "training.steps": _SMALL_STEPS,
+            "training.valid_interval": _SMALL_STEPS,
+            "training.optimiser.learning_rate_decay": 2 / _SMALL_STEPS,
+            "output.wandb": "off",
+            "output.train_eval_chars": 2**14,
+            "seed": 1,
+        },
+        "axes": {
+            "format": {
+                "float32": {},
+                "fp8": _FP8,
+                "fp8-scaled": {**_FP8, "model.precision.scaling": "dynamic"},
+                "bfloat16": {"model.dtype": "bfloat16"},
+            },
+            "variant": {
+                "regular": {"unit_scale": False, "lr_search.start": 2**-9},
+                "unit": {"unit_scale": True, "lr_search.start": 2**-7},
+            },
+        },
+        # Per-tensor scaling is the regular models' crutch; unit scaling needs none.
+        "filters": [{"format": "fp8-scaled", "variant": "unit"}],
+        "repeats": 2,
+        "lr_search": {"factor": 4.0, "threshold": 0.1, "max_points": 4},
+        "table_rows": ["variant"],
     },
     "uscale-small": {
         "description": "Paper models at reduced scale, FP32, regular vs unit-scaled, LR search.",
