@@ -475,7 +475,7 @@ def check_smoke_outputs(out: str) -> None:
         assert os.path.exists(os.path.join(record.out_dir, "summary.json"))
         assert record.valid_bpc is not None and record.tokens_per_second is not None
         assert math.isfinite(record.valid_bpc) and record.tokens_per_second > 0
-    for name in ("results.csv", "table.md", "lr_sweep.png"):
+    for name in ("results.csv", "table.md", "lr_sweep.png", "loss_curves.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0
 
 

@@ -10,6 +10,7 @@ over cells; cells within it of their row's best are bold.
 import csv
 import dataclasses
 import math
+import os
 import statistics
 from typing import Any, Optional, Sequence
 
@@ -233,3 +234,43 @@ def plot_lr_sweep(path: str, records: Sequence[TrialRecord], panel_axis: Optiona
 
 def _finite(value: Optional[float]) -> bool:
     return value is not None and math.isfinite(value)
+
+
+def plot_loss_curves(path: str, records: Sequence[TrialRecord], title: str) -> None:
+    """Training BPC against step for every configuration at its best LR (median over repeats,
+    read from each trial's ``log.jsonl``), validation BPC as markers."""
+    import matplotlib  # pylint: disable=import-outside-toplevel
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot  # pylint: disable=import-outside-toplevel
+
+    from ..experiments.files import read_jsonl  # pylint: disable=import-outside-toplevel
+
+    figure, axis = pyplot.subplots(figsize=(8, 5))
+    for result in summarise(records):
+        if result.best is None:
+            continue
+        trials = [r for r in records if r.config == result.config and r.point == result.best]
+        curves: dict[int, list[float]] = {}
+        valid: dict[int, list[float]] = {}
+        for trial in trials:
+            for entry in read_jsonl(os.path.join(trial.out_dir, "log.jsonl")):
+                target = {"train_step": curves, "eval_valid": valid}.get(entry.get("kind", ""))
+                if target is not None and _finite(entry.get("bpc")):
+                    target.setdefault(int(entry["step"]), []).append(float(entry["bpc"]))
+        if not curves:
+            continue
+        steps = sorted(curves)
+        label = ", ".join(result.labels.values()) or result.config
+        (line,) = axis.plot(steps, [statistics.median(curves[s]) for s in steps], label=label)
+        for step in sorted(valid):
+            axis.scatter(step, statistics.median(valid[step]), color=line.get_color(), marker="o")
+    axis.set_xlabel("step")
+    axis.set_ylabel("training BPC (median over repeats; dots: validation)")
+    axis.set_title(f"{title}: each configuration at its best learning rate")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=6)
+    figure.tight_layout()
+    with atomic_open(path, "wb") as file:
+        figure.savefig(file, format="png", dpi=110)
+    pyplot.close(figure)

@@ -255,6 +255,9 @@ class Sweep:
         results_module.plot_lr_sweep(
             os.path.join(out, "lr_sweep.png"), records, rows[0] if rows else None
         )
+        results_module.plot_loss_curves(
+            os.path.join(out, "loss_curves.png"), records, self.definition.name
+        )
 
 
 def write_text(path: str, text: str) -> None:
