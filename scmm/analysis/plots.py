@@ -1,10 +1,13 @@
 """The scale figure: log2 RMS of every recorded tensor against number-format ranges.
 
-Three panels, top to bottom: forward outputs, backward (gradients received by each layer's
+Four panels, top to bottom: forward outputs, backward (gradients received by each layer's
 output, then ``loss/logits``) and weight gradients, each with the tensors in model order on the
-x axis. The y axis is log2 of the RMS (sqrt(mean(x^2)), which, unlike the standard deviation,
-includes the mean and so is what decides whether values fit a format); ``statistic="std"``
-plots log2 of the standard deviation instead. A small tick ("_") above each point marks
+x axis; then, for the backward gradients, the fraction of each tensor's values that float16,
+E4M3 and E5M2 flush to zero or hold as subnormals (and, as crosses, the fraction that
+overflows) -- where a format loses the gradient. In the first three, the y axis is log2 of
+the RMS (sqrt(mean(x^2)), which, unlike the standard deviation, includes the mean and so is
+what decides whether values fit a format); ``statistic="std"`` plots log2 of the standard
+deviation instead. A small tick ("_") above each point marks
 log2(max |x|).
 
 Each format's range is a horizontal band from its smallest *normal* value to its largest finite
@@ -208,6 +211,64 @@ def _decorate_panel(ax: Axes, names: Sequence[str], title: str, statistic: str) 
         ax.axvline(list(names).index(LOSS_GRADIENT_NAME) - 0.5, color="black", lw=0.6, ls="--")
 
 
+LOST_FORMATS = ("float16", "float8_e4m3fn", "float8_e5m2")
+
+
+def _lost_fraction(record: ScaleRecord, fmt: str) -> float:
+    """Fraction of a tensor's values that a format flushes to zero or holds as subnormals.
+
+    For a tensor already computed in ``fmt`` (e.g. a float16 model's gradients), its exact
+    zeros count as flushed (true zeros, e.g. behind a ReLU, are included: compare models)."""
+    subnormal = record.formats.get(f"subnormal_{fmt}", 0.0)
+    if record.dtype == fmt:
+        return record.zero_fraction + (1 - record.zero_fraction) * subnormal
+    return (1 - record.zero_fraction) * (record.formats.get(f"underflow_{fmt}", 0.0) + subnormal)
+
+
+def _draw_lost_panel(ax: Axes, names: Sequence[str], series: Sequence[Series]) -> None:
+    """Backward gradients: fraction flushed or subnormal per format; overflow as crosses."""
+    xs = np.arange(len(names), dtype=float)
+    for index, (recs, label) in enumerate(series):
+        last = max((r.step for r in recs), default=0)
+        chosen = {r.name: r for r in recs if r.pass_ == "backward" and r.step == last}
+        present = [i for i, n in enumerate(names) if n in chosen]
+        for fmt in LOST_FORMATS:
+            lost = [_lost_fraction(chosen[names[i]], fmt) for i in present]
+            ax.plot(
+                xs[present],
+                lost,
+                color=FORMAT_COLOURS[fmt],
+                ls=SERIES_LINESTYLES[index],
+                marker=SERIES_MARKERS[index],
+                ms=3,
+                lw=1.0,
+                label=f"{label}: {FORMAT_SHORT[fmt]} zero/subnormal",
+            )
+            over = [(i, chosen[names[i]].formats.get(f"overflow_{fmt}", 0.0)) for i in present]
+            over = [(i, v) for i, v in over if v > 0]
+            if over:
+                ax.plot(
+                    [xs[i] for i, _ in over],
+                    [v for _, v in over],
+                    ls="none",
+                    marker="x",
+                    color=FORMAT_COLOURS[fmt],
+                    ms=6,
+                )
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=90, fontsize=6.5)
+    ax.set_xlim(-0.7, len(names) - 0.3)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_ylabel("fraction of values")
+    ax.set_title(
+        "backward: gradients flushed to zero or subnormal per format (x: overflow), last step",
+        fontsize=10,
+        loc="left",
+    )
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=6.5, ncol=3, loc="upper left")
+
+
 def plot_scales(  # pylint: disable=too-many-locals,too-many-arguments
     records: Sequence[ScaleRecord],
     path: str,
@@ -233,9 +294,11 @@ def plot_scales(  # pylint: disable=too-many-locals,too-many-arguments
 
     widest = max((len(n) for n in names_per_panel), default=1)
     width = min(max(10.0, 0.17 * widest + 4.0), 40.0)
-    fig = Figure(figsize=(width, 15.0))
+    fig = Figure(figsize=(width, 19.0))
     FigureCanvasAgg(fig)  # attaches itself as fig.canvas
-    axes = fig.subplots(len(PANELS), 1, squeeze=False)
+    axes = fig.subplots(len(PANELS) + 1, 1, squeeze=False)
+    _draw_lost_panel(axes[-1, 0], names_per_panel[1], series)
+    axes = axes[:-1]
     all_y: list[float] = []
     legend_handles: list[Any] = []
     for (pass_, panel_title), names, ax in zip(PANELS, names_per_panel, axes[:, 0]):
