@@ -226,10 +226,7 @@ def plot_lr_sweep(path: str, records: Sequence[TrialRecord], panel_axis: Optiona
         axis.set_ylabel("validation BPC (x: diverged, drawn at the top)")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=6)
-    figure.tight_layout()
-    with atomic_open(path, "wb") as file:
-        figure.savefig(file, format="png", dpi=110)
-    pyplot.close(figure)
+    _save(figure, path)
 
 
 def _finite(value: Optional[float]) -> bool:
@@ -270,6 +267,13 @@ def plot_loss_curves(path: str, records: Sequence[TrialRecord], title: str) -> N
     axis.set_title(f"{title}: each configuration at its best learning rate")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=6)
+    _save(figure, path)
+
+
+def _save(figure: Any, path: str) -> None:
+    """Write ``figure`` as a PNG atomically and release it."""
+    from matplotlib import pyplot  # pylint: disable=import-outside-toplevel
+
     figure.tight_layout()
     with atomic_open(path, "wb") as file:
         figure.savefig(file, format="png", dpi=110)
