@@ -13,6 +13,7 @@ import pytest
 from conftest import MODEL_VARIANTS, VOCAB, make_execution, model_settings, repeating_batch
 
 from scmm.analysis import LOSS_GRADIENT_NAME, ScaleRecord, collect_scales
+from scmm.datasets.corpus import embedded_corpus
 from scmm.models import (
     AttentionSettings,
     CharLM,
@@ -22,7 +23,7 @@ from scmm.models import (
     RNNSettings,
 )
 from scmm.training import AdamWSettings, Trainer, TrainingSettings, vector_learning_rate_scales
-from scmm.uscale import RELU_SCALES, attention_ops, attention_scale, constrain
+from scmm.uscale import RELU_SCALES, constrain
 from scmm.uscale import layers as ulayers
 
 PAPER_KINDS = {
@@ -44,6 +45,15 @@ def paper_model(kind: str, unit_scale: bool, seed: int = 1) -> CharLM:
         seed=seed,
     )
     return CharLM(settings, unit_scale=unit_scale)
+
+
+def text_batch() -> dict[str, np.ndarray]:
+    """8 x 256 characters of the embedded corpus (ids by sorted character, < 107)."""
+    text = embedded_corpus()["train"][: 8 * 256]
+    vocab = {c: i for i, c in enumerate(sorted(set(text)))}
+    assert len(vocab) <= 107
+    tokens = np.array([vocab[c] for c in text]).reshape(8, 256)
+    return {"tokens": tokens, "mask": np.ones((8, 256), bool)}
 
 
 @pytest.fixture(scope="module")
@@ -82,17 +92,51 @@ def test_unit_init_matrices_normal_biases_zero_gains_one() -> None:
             assert abs(value.std() - 1) < 5 * (2 / value.size) ** 0.5 + 0.01, (name, value.std())
 
 
+def attention_band(kind: str, record: ScaleRecord) -> tuple[float, float]:
+    """[0.5, 2], except where plain attention mixing shrinks iid values (see below)."""
+    if kind.startswith("attention") and (
+        (record.pass_ == "forward" and record.name.endswith("/attention"))
+        or (record.pass_ == "backward" and record.name.endswith("sequence/norm"))
+    ):
+        return 0.25, 2.0
+    return 0.5, 2.0
+
+
 @pytest.mark.parametrize("kind", list(PAPER_KINDS))
 def test_activations_and_gradients_are_unit_scaled_at_init(
     kind: str, init_scales: dict[str, list[ScaleRecord]]
 ) -> None:
+    """Every forward output and backward gradient within [0.5, 2], on random tokens.
+
+    One documented exception: attention mixes with plain softmax (scale 1, see
+    ``scmm.uscale.attention_ops.causal_attention``). On iid random tokens the first layer's
+    values are independent across positions and the softmax average shrinks them by up to
+    1/``attention_scale`` (0.26 at s = 256); measured 0.29 for the first attention output and
+    0.37-0.45 for the gradients attention sends into its pre-norm. Those records get [0.25, 2].
+    On text (next test) positions are correlated and everything is within [0.4, 1.3].
+    """
     records = init_scales[kind]
     for record in records:
         if record.pass_ in ("forward", "backward"):
-            assert 0.5 <= record.std <= 2.0, (record.pass_, record.name, record.std)
+            low, high = attention_band(kind, record)
+            assert low <= record.std <= high, (record.pass_, record.name, record.std)
     # The loss gradient is unit by construction (s / sqrt(s - 1), summed over tokens).
     (loss_grad,) = [r for r in records if r.name == LOSS_GRADIENT_NAME]
     assert loss_grad.std == pytest.approx(1.0, abs=0.05)
+
+
+@pytest.mark.parametrize("kind", ["attention-pre", "attention-post"])
+def test_attention_models_are_unit_scaled_on_text(kind: str) -> None:
+    """On a text batch every forward and backward record is within [1/3, 2].
+
+    Measured (depth 8, hidden 128, seeds 1 and 2): 0.40-1.30 for both norm placements; the
+    only record below 0.5 is the first attention layer's output (0.40-0.41), whose inputs
+    are the least correlated across positions.
+    """
+    records = collect_scales(paper_model(kind, True), text_batch())
+    for record in records:
+        if record.pass_ in ("forward", "backward"):
+            assert 1 / 3 <= record.std <= 2.0, (record.pass_, record.name, record.std)
 
 
 @pytest.mark.parametrize("kind", list(PAPER_KINDS))
@@ -210,8 +254,8 @@ def test_unit_scaled_conv_model_loss_equals_baseline_with_effective_weights() ->
 
 
 def test_unit_scaled_attention_model_loss_equals_baseline_with_effective_weights() -> None:
-    """As for conv: QKV ("forward" constraint), positional keys (1/sqrt(frequencies)), the
-    attention output factor alpha^(1/2) and the projections all fold into baseline weights."""
+    """As for conv: QKV ("forward" constraint), positional keys (1/sqrt(frequencies)) and the
+    projections all fold into baseline weights (the mixing itself is plain, scale 1)."""
     settings = dataclasses.replace(
         model_settings("attention", seed=6), residual=ResidualSettings(norm="pre", weighting="mean")
     )
@@ -219,7 +263,6 @@ def test_unit_scaled_attention_model_loss_equals_baseline_with_effective_weights
     relu_scale, _ = constrain(*RELU_SCALES, "gmean")
     hidden, heads, frequencies, seq = 32, 2, 8, 24  # from model_settings("attention")
     inner = 4 * hidden
-    alpha = attention_scale(seq) ** attention_ops.VALUE_CORRELATION_POWER
 
     effective = {}
     for name, value in unit.get_weight_arrays().items():
@@ -228,7 +271,7 @@ def test_unit_scaled_attention_model_loss_equals_baseline_with_effective_weights
         elif name.endswith("attention/positional"):
             value = value * frequencies**-0.5
         elif name.endswith("attention/output_kernel"):
-            value = value * projection_scale(hidden, hidden) * alpha
+            value = value * projection_scale(hidden, hidden)
         elif name.endswith("ffn/up/kernel"):
             value = value * projection_scale(hidden, inner)
         elif name.endswith("ffn/down/kernel"):
