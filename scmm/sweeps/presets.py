@@ -13,9 +13,9 @@
   the measured optima (2^-9 regular, 2^-6 unit: attention's best are 2^-7 and 2^-4) rather
   than at 2^-14 / 2^-8, at most 4 points; train BPC on 2^14 characters. Kept: batch
   8 x 256 characters (so gradients have the paper's 1/2048 scale, which is what underflows
-  in FP16), loss scales 1 and 2048, 3 repeats, threshold 0.1. FP16 is *simulated* (column ``float16-sim``): XLA on CPU runs
-  float16 about 30x slower than float32, so the models compute in float32 with every matmul's
-  inputs and the gradient arriving at its output (the head's included) rounded to float16,
+  in FP16), loss scales 1 and 2048, 3 repeats, threshold 0.1. FP16 is *simulated* (column
+  ``float16-sim``): XLA on CPU runs float16 about 30x slower than float32, so the models
+  compute in float32 with every matmul's inputs and the gradient arriving at its output (the head's included) rounded to float16,
   non-saturating (``scmm.precision``). Weights keep float32 masters. Real FP16 (the paper's
   columns) is what ``paper-table`` runs on GPUs.
 - ``fp8-small``: the reduced attention model of ``paper-table-small`` in FP32, simulated FP8
