@@ -5,19 +5,19 @@
   scale 1 and 2048 for regular FP16 -- 20 configurations. Each searches its learning rate from
   2^-14 (regular) or 2^-8 (unit) upward by x2, 3 repeats per LR, stopping 0.1 BPC above the
   best; 2^19 steps on WikiText-103. Real hardware only (about 20 x 7 x 3 runs of hours each).
-- ``paper-table-small``: the same 20 configurations and method, reduced to finish in about
-  90 minutes on a 2-core CPU (2 workers x 1 thread) on the embedded corpus (or
-  ``--data.path``). Reductions: hidden 128 -> 64; depth 8 -> 2 for attention and conv (RNN
-  keeps the paper's 2) with 2 heads x 32; 2^19 -> 400 steps, the LR halving twice over the
-  run (the paper: 8 times); LR search x4 per point instead of x2, starting one step below
-  the measured optima (2^-9 regular, 2^-6 unit: attention's best are 2^-7 and 2^-4) rather
-  than at 2^-14 / 2^-8, at most 4 points; train BPC on 2^14 characters. Kept: batch
-  8 x 256 characters (so gradients have the paper's 1/2048 scale, which is what underflows
-  in FP16), loss scales 1 and 2048, 3 repeats, threshold 0.1. FP16 is *simulated* (column
-  ``float16-sim``): XLA on CPU runs float16 about 30x slower than float32, so the models
-  compute in float32 with every matmul's inputs and the gradient arriving at its output (the head's included) rounded to float16,
-  non-saturating (``scmm.precision``). Weights keep float32 masters. Real FP16 (the paper's
-  columns) is what ``paper-table`` runs on GPUs.
+- ``paper-table-small``: the same 20 configurations and method, reduced to finish in about 90
+  minutes on a 2-core CPU (2 workers x 1 thread) on the embedded corpus (or ``--data.path``).
+  Reductions: hidden 128 -> 64; depth 8 -> 2 for attention and conv (RNN keeps the paper's 2)
+  with 2 heads x 32; 2^19 -> 400 steps, the LR halving twice over the run (the paper: 8 times);
+  LR search x4 per point instead of x2, starting one step below the measured optima (2^-9
+  regular, 2^-6 unit: attention's best are 2^-7 and 2^-4) rather than at 2^-14 / 2^-8, at most 4
+  points; train BPC on 2^14 characters. Kept: batch 8 x 256 characters (so gradients have the
+  paper's 1/2048 scale, which is what underflows in FP16), loss scales 1 and 2048, 3 repeats,
+  threshold 0.1. FP16 is *simulated* (column ``float16-sim``): XLA on CPU runs float16 about 30x
+  slower than float32, so the models compute in float32 with every matmul's inputs and the
+  gradient arriving at its output (the head's included) rounded to float16, non-saturating
+  (``scmm.precision``). Weights keep float32 masters. Real FP16 (the paper's columns) is what
+  ``paper-table`` runs on GPUs.
 - ``fp8-small``: the reduced attention model of ``paper-table-small`` in FP32, simulated FP8
   (E4M3 activations and weights, E5M2 gradients; regular naive, regular with per-tensor
   dynamic scaling, unit-scaled) and bfloat16, regular and unit-scaled, 2 repeats per LR.
