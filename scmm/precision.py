@@ -3,7 +3,9 @@
 A model enters ``scope(settings)`` around its trunk (``CharLM`` does so in ``call``); inside
 it, ``einsum`` rounds both operands to their formats (activations, weights) in the forward
 pass and rounds the gradient arriving at the product in the backward pass, then computes in
-the compute dtype -- what an FP8 matmul with higher-precision accumulation sees. Outside a
+the compute dtype -- what an FP8 matmul with higher-precision accumulation sees. The weight
+gradient the backward matmul produces is rounded to ``weight_gradients`` (float16 for FP16
+training, where it is a float16 matmul output; float32 for FP8 recipes). Outside a
 scope, or with every format float32, ``einsum`` is exactly ``tf.einsum`` (no extra ops).
 
 Unit-scaled ops call ``operand`` / ``output`` themselves so the rounding happens on the
@@ -73,20 +75,31 @@ def _power_of_two_scale(x: tf.Tensor, fmt: str) -> tf.Tensor:
 
 
 def operand(x: tf.Tensor, role: str) -> tf.Tensor:
-    """A matmul input rounded to the format of ``role`` ("activation" or "weight")."""
+    """A matmul input rounded to the format of ``role`` ("activation" or "weight").
+
+    A weight operand's gradient (the matmul's dW) is rounded to ``weight_gradients``.
+    """
     settings = current()
     if settings is None:
         return x
-    fmt = settings.weights if role == "weight" else settings.activations
-    return _round(x, fmt, settings)
+    if role != "weight":
+        return _round(x, settings.activations, settings)
+    return _round_gradient(_round(x, settings.weights, settings), settings.weight_gradients)
 
 
 def output(y: tf.Tensor) -> tf.Tensor:
     """Identity forward; the gradient arriving at a matmul output is rounded."""
     settings = current()
-    if settings is None or settings.gradients == "float32":
+    if settings is None:
         return y
-    fmt = settings.gradients
+    return _round_gradient(y, settings.gradients)
+
+
+def _round_gradient(y: tf.Tensor, fmt: str) -> tf.Tensor:
+    """Identity forward; the gradient flowing back through it is rounded to ``fmt``."""
+    settings = current()
+    if settings is None or fmt == "float32":
+        return y
 
     @tf.custom_gradient
     def identity(value: tf.Tensor) -> Any:

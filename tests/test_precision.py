@@ -54,6 +54,34 @@ def test_fp8_einsum_matches_reference_forward_and_backward() -> None:
     np.testing.assert_allclose(grad_b.numpy(), a_q.T @ g_q, rtol=1e-5, atol=1e-9)
 
 
+def test_fp16_weight_gradients_are_rounded_and_underflow() -> None:
+    """FP16 training's dW is a float16 matmul output: tiny weight gradients lose precision."""
+    fp16 = PrecisionSettings(
+        activations="float16", weights="float16", gradients="float16", weight_gradients="float16"
+    )
+    a_np, b_np = sample((64, 32), 1.0, 4), sample((32, 8), 0.2, 5)
+    upstream_np = sample((64, 8), 2**-24, 6)  # ~ float16's smallest subnormal
+    a, b = tf.constant(a_np), tf.constant(b_np)
+    with tf.GradientTape() as tape:
+        tape.watch([a, b])
+        with precision.scope(fp16):
+            y = precision.einsum("ik,kj->ij", a, b)
+    grad_a, grad_b = tape.gradient(y, [a, b], tf.constant(upstream_np))
+    a_q, b_q = rounded(a_np, np.float16), rounded(b_np, np.float16)
+    g_q = rounded(upstream_np, np.float16)
+    # The activation gradient is left to the next matmul (its output gradient) to round.
+    np.testing.assert_allclose(grad_a.numpy(), g_q @ b_q.T, rtol=1e-5, atol=1e-12)
+    np.testing.assert_array_equal(grad_b.numpy(), rounded(a_q.T @ g_q, np.float16))
+    # Without the weight-gradient role the same dW keeps its float32 values.
+    with tf.GradientTape() as tape:
+        tape.watch(b)
+        with precision.scope(dataclasses.replace(fp16, weight_gradients="float32")):
+            y = precision.einsum("ik,kj->ij", a, b)
+    kept = tape.gradient(y, b, tf.constant(upstream_np)).numpy()
+    np.testing.assert_allclose(kept, a_q.T @ g_q, rtol=1e-5, atol=1e-12)
+    assert np.mean(grad_b.numpy() != kept) > 0.5
+
+
 def test_dynamic_scaling_keeps_small_tensors_representable() -> None:
     x = tf.constant(sample((4096,), 1e-4, 3))
     naive = PrecisionSettings(activations="e4m3")
@@ -73,6 +101,8 @@ def test_dynamic_scaling_keeps_small_tensors_representable() -> None:
 def test_settings_reject_unknown_formats() -> None:
     with pytest.raises(ValueError, match="model.precision.weights='e4m4'"):
         PrecisionSettings(weights="e4m4").validate()
+    with pytest.raises(ValueError, match="model.precision.weight_gradients='fp16'"):
+        PrecisionSettings(weight_gradients="fp16").validate()
 
 
 @pytest.mark.parametrize("unit_scale", [False, True])

@@ -5,7 +5,7 @@ its own fields; ``draccus.ChoiceRegistry`` gives that on the command line and in
 """
 
 import dataclasses
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 import draccus
 
@@ -125,9 +125,11 @@ MATMUL_FORMATS = ("float32", "bfloat16", "float16", "float8_e4m3fn", "float8_e5m
 @dataclasses.dataclass
 class PrecisionSettings:
     """Simulated low-precision matmuls (``scmm.precision``): every matmul/conv in the trunk
-    sees its inputs rounded to a format, and the gradient flowing back into its output rounded
-    to another. float32 everywhere (the default) changes nothing. FP8: activations and weights
-    e4m3, gradients e5m2."""
+    sees its inputs rounded to a format, the gradient flowing back into its output rounded to
+    another, and the weight gradient it produces to a third. float32 everywhere (the default)
+    changes nothing. FP8: activations and weights e4m3, gradients e5m2. FP16: all float16."""
+
+    ROLES: ClassVar[tuple[str, ...]] = ("activations", "weights", "gradients", "weight_gradients")
 
     activations: str = "float32"
     """Format of activation operands (including attention scores/probabilities and values)."""
@@ -135,6 +137,10 @@ class PrecisionSettings:
     """Format of weight operands."""
     gradients: str = "float32"
     """Format of the gradient arriving at each matmul output in the backward pass."""
+    weight_gradients: str = "float32"
+    """Format of each weight gradient a matmul produces (dW = x^T g, before the optimiser).
+    Real FP16 training computes it in float16, which is where a regular model's small weight
+    gradients underflow without loss scaling; FP8 recipes keep it in higher precision."""
     saturate: bool = True
     """Clamp finite values beyond the format's max (OCP saturating mode) instead of inf/NaN."""
     scaling: Literal["none", "dynamic"] = "none"
@@ -146,11 +152,11 @@ class PrecisionSettings:
     @property
     def enabled(self) -> bool:
         """Whether any role is rounded."""
-        return any(f != "float32" for f in (self.activations, self.weights, self.gradients))
+        return any(f != "float32" for f in (getattr(self, role) for role in self.ROLES))
 
     def validate(self) -> None:
         """Raise ValueError naming an unknown format."""
-        for role in ("activations", "weights", "gradients"):
+        for role in self.ROLES:
             value = getattr(self, role)
             if value not in MATMUL_FORMATS:
                 raise ValueError(
