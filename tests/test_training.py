@@ -375,10 +375,16 @@ def test_weight_storage_modes_in_training(dtype: str) -> None:
 FIT_THRESHOLD = 0.05  # nats per character, on characters determined by the previous period
 
 
-FIT_CASES: list[tuple[str, str, str, WeightStorage]] = [
+FIT_CASES: list[Any] = [
     *((kind, norm, "float32", "master") for kind, norm in MODEL_VARIANTS),
     # The paper's setting: 16-bit weights updated with stochastic rounding, under XLA.
     ("attention", "pre", "float16", "stochastic"),
+    # bfloat16 compute with float32 master weights, every kind (XLA on CPU runs bfloat16
+    # about 3x slower than float32, so these run under --slow).
+    *(
+        pytest.param(kind, norm, "bfloat16", "master", marks=pytest.mark.slow)
+        for kind, norm in MODEL_VARIANTS
+    ),
 ]
 
 
