@@ -12,7 +12,7 @@ import dataclasses
 import math
 import os
 import statistics
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from ..experiments.files import atomic_open
 from .index import TrialRecord
@@ -128,14 +128,9 @@ def confidence_interval(results: Sequence[ConfigResult]) -> float:
 def table_markdown(
     results: Sequence[ConfigResult], rows: Sequence[str], columns: Sequence[str], title: str
 ) -> str:
-    """The pivot: rows x columns of median test BPC (+- std) at each cell's best LR."""
+    """The pivot: rows x columns of median test BPC (+- std) at each cell's best LR, then the
+    same pivot of the median validation BPC there (the search's selection criterion)."""
     ci = confidence_interval(results)
-    cells = {
-        (tuple(r.labels.get(a, "") for a in rows), tuple(r.labels.get(a, "") for a in columns)): r
-        for r in results
-    }
-    row_keys = _ordered(k[0] for k in cells)
-    col_keys = _ordered(k[1] for k in cells)
     lines = [f"# {title}", ""]
     lines.append(
         "Median test BPC over repeats at the learning rate with the best median validation BPC"
@@ -144,26 +139,63 @@ def table_markdown(
     ci_text = f"{ci:.3f}" if math.isfinite(ci) else "n/a (needs >= 2 repeats)"
     lines.append(f"95% CI: {ci_text}. **Bold**: within the CI of the row's best.")
     lines.append("")
-    header = [
-        *rows,
-        *(" ".join(f"{a}={v}" for a, v in zip(columns, c)) or "test BPC" for c in col_keys),
-    ]
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "---|" * len(header))
-    for row in row_keys:
-        medians = [cells[(row, c)].test_median for c in col_keys if (row, c) in cells]
-        finite = [m for m in medians if math.isfinite(m)]
-        row_best = min(finite) if finite else math.nan
-        texts = []
-        for col in col_keys:
-            result = cells.get((row, col))
-            texts.append("" if result is None else _cell(result, row_best, ci))
-        lines.append("| " + " | ".join([*row, *texts]) + " |")
+    lines.extend(_pivot(results, rows, columns, lambda r, best: _cell(r, best, ci), _test))
+    lines.append("")
+    lines.append("Median validation BPC at the same learning rate (what the search minimised).")
+    lines.append("")
+    lines.extend(_pivot(results, rows, columns, _valid_cell, _valid))
     lines.append("")
     diverged = [r.config for r in results if r.best is None]
     if diverged:
         lines.append("Configurations with no finite result: " + ", ".join(diverged))
     return "\n".join(lines) + "\n"
+
+
+def _test(result: ConfigResult) -> float:
+    return result.test_median
+
+
+def _valid(result: ConfigResult) -> float:
+    return math.nan if result.best is None else result.scores[result.best]
+
+
+def _valid_cell(result: ConfigResult, row_best: float) -> str:
+    value = _valid(result)
+    if not math.isfinite(value):
+        return "diverged"
+    return f"**{value:.3f}**" if value == row_best else f"{value:.3f}"
+
+
+def _pivot(
+    results: Sequence[ConfigResult],
+    rows: Sequence[str],
+    columns: Sequence[str],
+    cell: Callable[[ConfigResult, float], str],
+    value: Callable[[ConfigResult], float],
+) -> list[str]:
+    """Markdown table lines: one row per ``rows`` label tuple, one column per ``columns`` one;
+    ``cell(result, row_best)`` renders a cell, row_best being the row's smallest ``value``."""
+    cells = {
+        (tuple(r.labels.get(a, "") for a in rows), tuple(r.labels.get(a, "") for a in columns)): r
+        for r in results
+    }
+    row_keys = _ordered(k[0] for k in cells)
+    col_keys = _ordered(k[1] for k in cells)
+    header = [
+        *rows,
+        *(" ".join(f"{a}={v}" for a, v in zip(columns, c)) or "BPC" for c in col_keys),
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in row_keys:
+        values = [value(cells[(row, c)]) for c in col_keys if (row, c) in cells]
+        finite = [v for v in values if math.isfinite(v)]
+        row_best = min(finite) if finite else math.nan
+        texts = []
+        for col in col_keys:
+            result = cells.get((row, col))
+            texts.append("" if result is None else cell(result, row_best))
+        lines.append("| " + " | ".join([*row, *texts]) + " |")
+    return lines
 
 
 def _cell(result: ConfigResult, row_best: float, ci: float) -> str:
