@@ -84,7 +84,8 @@ def operand(x: tf.Tensor, role: str) -> tf.Tensor:
         return x
     if role != "weight":
         return _round(x, settings.activations, settings)
-    return _round_gradient(_round(x, settings.weights, settings), settings.weight_gradients)
+    rounded = _round(x, settings.weights, settings)
+    return _round_gradient(rounded, settings.weight_gradients, settings)
 
 
 def output(y: tf.Tensor) -> tf.Tensor:
@@ -92,13 +93,12 @@ def output(y: tf.Tensor) -> tf.Tensor:
     settings = current()
     if settings is None:
         return y
-    return _round_gradient(y, settings.gradients)
+    return _round_gradient(y, settings.gradients, settings)
 
 
-def _round_gradient(y: tf.Tensor, fmt: str) -> tf.Tensor:
+def _round_gradient(y: tf.Tensor, fmt: str, settings: PrecisionSettings) -> tf.Tensor:
     """Identity forward; the gradient flowing back through it is rounded to ``fmt``."""
-    settings = current()
-    if settings is None or fmt == "float32":
+    if fmt == "float32":
         return y
 
     @tf.custom_gradient

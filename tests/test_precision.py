@@ -25,6 +25,19 @@ def sample(shape: tuple[int, ...], scale: float, seed: int) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)
 
 
+def einsum_and_grads(
+    settings: PrecisionSettings, a_np: np.ndarray, b_np: np.ndarray, upstream_np: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """y = a @ b through ``precision.einsum`` under ``settings``; (y, grad a, grad b)."""
+    a, b = tf.constant(a_np), tf.constant(b_np)
+    with tf.GradientTape() as tape:
+        tape.watch([a, b])
+        with precision.scope(settings):
+            y = precision.einsum("ik,kj->ij", a, b)
+    grad_a, grad_b = tape.gradient(y, [a, b], tf.constant(upstream_np))
+    return y.numpy(), grad_a.numpy(), grad_b.numpy()
+
+
 def test_einsum_is_plain_outside_a_scope_and_with_float32_formats() -> None:
     a, b = tf.constant(sample((4, 8), 1, 0)), tf.constant(sample((8, 3), 1, 1))
     want = tf.einsum("ik,kj->ij", a, b).numpy()
@@ -38,20 +51,15 @@ def test_fp8_einsum_matches_reference_forward_and_backward() -> None:
     a_np, b_np = sample((16, 32), 1.0, 0), sample((32, 8), 0.5, 1)
     a_np[0, 0] = 1000.0  # beyond E4M3's 448: saturates
     upstream_np = sample((16, 8), 1e-3, 2)
-    a, b = tf.constant(a_np), tf.constant(b_np)
-    with tf.GradientTape() as tape:
-        tape.watch([a, b])
-        with precision.scope(FP8):
-            y = precision.einsum("ik,kj->ij", a, b)
-    grad_a, grad_b = tape.gradient(y, [a, b], tf.constant(upstream_np))
+    y, grad_a, grad_b = einsum_and_grads(FP8, a_np, b_np, upstream_np)
     a_q = rounded(np.clip(a_np, -448, 448), ml_dtypes.float8_e4m3fn)
     b_q = rounded(b_np, ml_dtypes.float8_e4m3fn)
     g_q = rounded(upstream_np, ml_dtypes.float8_e5m2)
-    np.testing.assert_allclose(y.numpy(), a_q @ b_q, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y, a_q @ b_q, rtol=1e-5, atol=1e-5)
     assert a_q[0, 0] == 448
     # Straight-through: the rounded gradient times the other rounded operand.
-    np.testing.assert_allclose(grad_a.numpy(), g_q @ b_q.T, rtol=1e-5, atol=1e-9)
-    np.testing.assert_allclose(grad_b.numpy(), a_q.T @ g_q, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(grad_a, g_q @ b_q.T, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(grad_b, a_q.T @ g_q, rtol=1e-5, atol=1e-9)
 
 
 def test_fp16_weight_gradients_are_rounded_and_underflow() -> None:
@@ -61,25 +69,17 @@ def test_fp16_weight_gradients_are_rounded_and_underflow() -> None:
     )
     a_np, b_np = sample((64, 32), 1.0, 4), sample((32, 8), 0.2, 5)
     upstream_np = sample((64, 8), 2**-24, 6)  # ~ float16's smallest subnormal
-    a, b = tf.constant(a_np), tf.constant(b_np)
-    with tf.GradientTape() as tape:
-        tape.watch([a, b])
-        with precision.scope(fp16):
-            y = precision.einsum("ik,kj->ij", a, b)
-    grad_a, grad_b = tape.gradient(y, [a, b], tf.constant(upstream_np))
+    _, grad_a, grad_b = einsum_and_grads(fp16, a_np, b_np, upstream_np)
     a_q, b_q = rounded(a_np, np.float16), rounded(b_np, np.float16)
     g_q = rounded(upstream_np, np.float16)
     # The activation gradient is left to the next matmul (its output gradient) to round.
-    np.testing.assert_allclose(grad_a.numpy(), g_q @ b_q.T, rtol=1e-5, atol=1e-12)
-    np.testing.assert_array_equal(grad_b.numpy(), rounded(a_q.T @ g_q, np.float16))
+    np.testing.assert_allclose(grad_a, g_q @ b_q.T, rtol=1e-5, atol=1e-12)
+    np.testing.assert_array_equal(grad_b, rounded(a_q.T @ g_q, np.float16))
     # Without the weight-gradient role the same dW keeps its float32 values.
-    with tf.GradientTape() as tape:
-        tape.watch(b)
-        with precision.scope(dataclasses.replace(fp16, weight_gradients="float32")):
-            y = precision.einsum("ik,kj->ij", a, b)
-    kept = tape.gradient(y, b, tf.constant(upstream_np)).numpy()
+    full = dataclasses.replace(fp16, weight_gradients="float32")
+    _, _, kept = einsum_and_grads(full, a_np, b_np, upstream_np)
     np.testing.assert_allclose(kept, a_q.T @ g_q, rtol=1e-5, atol=1e-12)
-    assert np.mean(grad_b.numpy() != kept) > 0.5
+    assert np.mean(grad_b != kept) > 0.5
 
 
 def test_dynamic_scaling_keeps_small_tensors_representable() -> None:

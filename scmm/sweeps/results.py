@@ -62,6 +62,11 @@ class ConfigResult:
         return float(statistics.median(finite)) if finite else math.nan
 
     @property
+    def valid_median(self) -> float:
+        """Median validation BPC at the best point (nan without one): the search's criterion."""
+        return math.nan if self.best is None else self.scores[self.best]
+
+    @property
     def test_std(self) -> float:
         """Std of test BPC over repeats at the best point (nan with fewer than two)."""
         finite = [v for v in self.test_bpcs if math.isfinite(v)]
@@ -139,11 +144,13 @@ def table_markdown(
     ci_text = f"{ci:.3f}" if math.isfinite(ci) else "n/a (needs >= 2 repeats)"
     lines.append(f"95% CI: {ci_text}. **Bold**: within the CI of the row's best.")
     lines.append("")
-    lines.extend(_pivot(results, rows, columns, lambda r, best: _cell(r, best, ci), _test))
+    lines.extend(
+        _pivot(results, rows, columns, lambda r, best: _cell(r, best, ci), lambda r: r.test_median)
+    )
     lines.append("")
     lines.append("Median validation BPC at the same learning rate (what the search minimised).")
     lines.append("")
-    lines.extend(_pivot(results, rows, columns, _valid_cell, _valid))
+    lines.extend(_pivot(results, rows, columns, _valid_cell, lambda r: r.valid_median))
     lines.append("")
     diverged = [r.config for r in results if r.best is None]
     if diverged:
@@ -151,16 +158,8 @@ def table_markdown(
     return "\n".join(lines) + "\n"
 
 
-def _test(result: ConfigResult) -> float:
-    return result.test_median
-
-
-def _valid(result: ConfigResult) -> float:
-    return math.nan if result.best is None else result.scores[result.best]
-
-
 def _valid_cell(result: ConfigResult, row_best: float) -> str:
-    value = _valid(result)
+    value = result.valid_median
     if not math.isfinite(value):
         return "diverged"
     return f"**{value:.3f}**" if value == row_best else f"{value:.3f}"
@@ -265,9 +264,12 @@ def _finite(value: Optional[float]) -> bool:
     return value is not None and math.isfinite(value)
 
 
-def plot_loss_curves(path: str, records: Sequence[TrialRecord], title: str) -> None:
-    """Training BPC against step for every configuration at its best LR (median over repeats,
-    read from each trial's ``log.jsonl``), validation BPC as markers."""
+def plot_loss_curves(
+    path: str, records: Sequence[TrialRecord], summary: Sequence[ConfigResult], title: str
+) -> None:
+    """Training BPC against step for every configuration at its best LR (``summary``, from
+    ``summarise(records)``; median over repeats, read from each trial's ``log.jsonl``),
+    validation BPC as markers."""
     import matplotlib  # pylint: disable=import-outside-toplevel
 
     matplotlib.use("Agg")
@@ -276,7 +278,7 @@ def plot_loss_curves(path: str, records: Sequence[TrialRecord], title: str) -> N
     from ..experiments.files import read_jsonl  # pylint: disable=import-outside-toplevel
 
     figure, axis = pyplot.subplots(figsize=(8, 5))
-    for result in summarise(records):
+    for result in summary:
         if result.best is None:
             continue
         trials = [r for r in records if r.config == result.config and r.point == result.best]

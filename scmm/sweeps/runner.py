@@ -256,7 +256,7 @@ class Sweep:
             os.path.join(out, "lr_sweep.png"), records, rows[0] if rows else None
         )
         results_module.plot_loss_curves(
-            os.path.join(out, "loss_curves.png"), records, self.definition.name
+            os.path.join(out, "loss_curves.png"), records, summary, self.definition.name
         )
 
 
