@@ -28,6 +28,7 @@ from .models import (
 from .models.settings import PrecisionSettings
 from .pedal import Execution, ExecutionSettings
 from .training import Trainer, TrainingSettings, vector_learning_rate_scales
+from .uscale.calibration import calibrate_weight_gradients
 
 VOCAB = 256
 SEQUENCES, LENGTH = 8, 256
@@ -99,6 +100,9 @@ def measure(case: Case, steps_per_call: int = 16, calls: int = 5, seed: int = 0)
         shape = (steps_per_call, SEQUENCES, LENGTH)
         return {"tokens": rng.integers(0, VOCAB, shape), "mask": np.ones(shape, bool)}
 
+    if case.unit_scale:  # as a run does: calibrated weight-gradient factors, before tracing
+        with execution.scope():
+            calibrate_weight_gradients(model, {k: v[0] for k, v in batch().items()})
     start = time.perf_counter()
     trainer.train(batch())
     compile_seconds = time.perf_counter() - start

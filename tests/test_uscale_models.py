@@ -144,7 +144,10 @@ def test_attention_models_are_unit_scaled_on_text(kind: str) -> None:
 def test_matrix_weight_gradients_near_unit_at_init(
     kind: str, init_scales: dict[str, list[ScaleRecord]]
 ) -> None:
-    """Matrix weight gradients: within [0.5, 2.5] for conv and RNN models.
+    """Analytic (uncalibrated) matrix weight gradients: [0.5, 2.5] for conv and RNN models.
+
+    These are the rows^-1/2 scales alone. Runs calibrate them by default, and
+    ``test_calibration`` checks that every parameter's gradient is then within [2/3, 1.5].
 
     Attention models are looser ([0.4, 8]): attention outputs are averages over correlated
     positions, so the rows summed by the QKV and output-kernel gradients are correlated and

@@ -21,7 +21,8 @@ from .. import datasets
 from ..models import CharLM
 from ..pedal import Execution, split_seed
 from ..training import NonFiniteError, Trainer, bits_per_character, vector_learning_rate_scales
-from . import checkpoints
+from ..uscale.calibration import set_weight_gradient_factors, weight_gradient_factors
+from . import checkpoints, diagnostics
 from .files import write_json
 from .progress import Progress
 from .settings import ExperimentSettings, to_dict
@@ -183,6 +184,7 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
             "best_valid_loss": self.best_valid_loss,
             "seed": self.settings.seed,
             "throughput": dataclasses.asdict(self.throughput),
+            "weight_gradient_factors": weight_gradient_factors(self.model),
         }
 
     def _save_checkpoint(self, improved: bool) -> None:
@@ -207,6 +209,8 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         self.stream.set_state(state["stream"])
         self.best_valid_loss = float(state["best_valid_loss"])
         self.throughput = Throughput(**state["throughput"])
+        if "weight_gradient_factors" in state:
+            set_weight_gradient_factors(self.model, state["weight_gradient_factors"])
         return int(state["step"])
 
     # Training --------------------------------------------------------------------------------
@@ -227,37 +231,19 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         self._log(kind, step, **result)
         return result
 
+    def _calibrate(self) -> None:
+        """Fix the weight-gradient factors on a batch of their own (before anything traces)."""
+        batch = diagnostics.fixed_batch(self.dataset, self.settings, "calibration")
+        with self.execution.scope():
+            self._log("calibration", 0, **diagnostics.calibrate(self.model, batch))
+
     def _analyse(self, step: int) -> None:
         """Scale statistics on a fixed training batch -> scales.json (all steps) and scales.png."""
-        from .. import analysis  # matplotlib is only loaded when analysis is asked for
-
-        assert self.settings.seed is not None
-        stream = datasets.TrainBatchStream(
-            self.dataset.splits["train"],
-            self.settings.training.batch_sequences,
-            self.settings.data.sequence_length,
-            self.settings.data.overlap_length,
-            seed=split_seed(self.settings.seed, "analysis"),
-        )
-        batch = {k: v[0] for k, v in stream.next(1).items()}  # (sequences, length)
-        with self.execution.scope():
-            records = analysis.collect_scales(self.model, batch, step=step)
-        path = os.path.join(self.out_dir, "scales.json")
-        analysis.write_scales_json(path, records, append=os.path.exists(path))
+        batch = diagnostics.fixed_batch(self.dataset, self.settings, "analysis")
         title = f"{self.settings.metadata.name or os.path.basename(self.out_dir)}: tensor scales"
-        analysis.plot_scales(
-            analysis.load_scales_json(path), os.path.join(self.out_dir, "scales.png"), title=title
-        )
-        worst = max(records, key=lambda r: abs(np.log2(max(r.rms, 1e-45))))
-        self._log(
-            "analysis",
-            step,
-            records=len(records),
-            path=path,
-            most_extreme=worst.name,
-            most_extreme_pass=worst.pass_,
-            most_extreme_rms=worst.rms,
-        )
+        with self.execution.scope():
+            metrics = diagnostics.analyse(self.model, batch, step, self.out_dir, title)
+        self._log("analysis", step, **metrics)
 
     def _train_chunk(self, count: int, seen_counts: set[int]) -> dict[str, float]:
         batch = self.stream.next(count)
@@ -361,6 +347,9 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         )
         status, code = "finished", EXIT_FINISHED
         try:
+            calibrates = self.settings.unit_scale and self.settings.calibrate_weight_gradients
+            if calibrates and start_step == 0:
+                self._calibrate()
             if self.settings.output.analyse != "off" and start_step == 0:
                 self._analyse(0)
             self._loop(progress)

@@ -62,6 +62,11 @@ class ExperimentSettings:
     training: TrainingSettings = dataclasses.field(default_factory=TrainingSettings)
     unit_scale: bool = False
     """Use the unit-scaled twin of every layer (scmm.uscale)."""
+    calibrate_weight_gradients: bool = True
+    """Unit-scaled models: before step 0, measure every parameter's gradient RMS on one
+    training batch and fix a per-parameter factor making it 1 (scmm.uscale.calibration).
+    A cut edge: the model, its activation gradients and Adam's updates are unchanged. False
+    keeps the analytic rows^-1/2 scales. Ignored for regular models."""
     execution: ExecutionSettings = dataclasses.field(default_factory=ExecutionSettings)
     output: OutputSettings = dataclasses.field(default_factory=OutputSettings)
     metadata: MetadataSettings = dataclasses.field(default_factory=MetadataSettings)

@@ -9,7 +9,8 @@ factors come from static shapes:
 
 Modules: ``scaling`` (primitive and constraint), ``ops`` (projection, matmul, bias, gain,
 embedding, causal conv, layer norm, residual), ``nonlinear`` (relu/gelu/tanh/sigmoid,
-softmax, cross-entropy), ``attention_ops`` and ``rnn_ops`` (the char-LM sequence mixers).
+softmax, cross-entropy), ``attention_ops`` and ``rnn_ops`` (the char-LM sequence mixers),
+``calibration`` (per-parameter weight-gradient factors measured once at init).
 """
 
 from .attention_ops import (
@@ -18,6 +19,11 @@ from .attention_ops import (
     causal_attention,
     positional_keys,
     qkv_projection,
+)
+from .calibration import (
+    calibrate_weight_gradients,
+    set_weight_gradient_factors,
+    weight_gradient_factors,
 )
 from .nonlinear import (
     GELU_SCALES,
@@ -56,6 +62,7 @@ __all__ = [
     "TANH_SCALES",
     "add_bias",
     "attention_scale",
+    "calibrate_weight_gradients",
     "causal_attention",
     "causal_conv1d",
     "constrain",
@@ -74,8 +81,10 @@ __all__ = [
     "rhn_gate_scale",
     "rhn_kernels",
     "scaling",
+    "set_weight_gradient_factors",
     "sigmoid",
     "softmax",
     "softmax_cross_entropy",
     "tanh",
+    "weight_gradient_factors",
 ]

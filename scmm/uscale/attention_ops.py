@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from ..layers.attention import MASK_VALUE, relative_shift
 from .. import precision
+from .calibration import read_weight
 from .ops import weight_contraction
 from .scaling import Constraint, as_compute, constrain, scaling, static_size
 
@@ -92,7 +93,7 @@ def positional_keys(
     backward = alpha * (batch * rows / 2) ** -0.5 / POSITIONAL_GRAD_STD
     dtype = tf.as_dtype(dtype or weight.dtype)
     w = scaling(
-        precision.operand(as_compute(weight, dtype), "weight"), forward=forward, backward=backward
+        precision.operand(read_weight(weight, dtype), "weight"), forward=forward, backward=backward
     )
     e = precision.operand(tf.constant(embedding, dtype), "activation")
     return precision.output(tf.einsum("rf,fna->nra", e, w))  # (heads, r, hs)

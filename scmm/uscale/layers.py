@@ -20,7 +20,8 @@ from .. import layers as base
 from ..layers.attention import sinusoid_embedding
 from ..layers.core import seeded_normal
 from . import attention_ops, nonlinear, ops, rnn_ops
-from .scaling import as_compute, scaling
+from .calibration import read_weight
+from .scaling import scaling
 
 
 def _unit_weight(layer: base.SeededLayer, name: str, shape: tuple[int, ...], index: int) -> Any:
@@ -42,7 +43,7 @@ class Shift(base.Shift):
     def call(self, x: tf.Tensor) -> tf.Tensor:
         # x: (batch, seq, hidden); the padding's gradient sums over the batch rows.
         batch = x.shape[0]
-        pad = as_compute(self.padding, x.dtype)
+        pad = read_weight(self.padding, x.dtype)
         if batch is not None:
             pad = scaling(pad, backward=batch**-0.5)
         pad = tf.broadcast_to(pad, tf.stack([tf.shape(x)[0], 1, self.hidden_size]))
@@ -135,7 +136,7 @@ class Attention(base.Attention):
         mixed = attention_ops.causal_attention(q, k, v, pos_keys, self.query_chunk)
         mixed = tf.reshape(mixed, [batch, seq, self.heads * self.head_size])  # (b, s, h*hs)
         kernel = tf.reshape(
-            as_compute(self.output_kernel, x.dtype), [self.heads * self.head_size, -1]
+            read_weight(self.output_kernel, x.dtype), [self.heads * self.head_size, -1]
         )
         return ops.add_bias(ops.projection(mixed, kernel), self.output_bias)  # (b, s, hidden)
 

@@ -18,8 +18,9 @@ gradients get ``rows**-0.5``, where rows is the number of terms each entry's gra
 current PyTorch library does the same. The paper's TF char-LM code used ``rows**-1`` (a *mean*
 over rows, closer to the unscaled model's SGD step size). Under Adam, a constant per-parameter
 gradient factor cancels, so the choice only matters for SGD learning rates and for number
-formats. With ``rows**-0.5``, weight gradients are as representable in FP16/FP8 as everything
-else.
+formats. ``rows**-0.5`` is exact when the summed rows are independent (a layer on iid data);
+in whole models correlated rows make the gradients 2-20x larger at init, which
+``scmm.uscale.calibration`` corrects with one measured constant per parameter.
 
 Shapes must be static: the factors are Python constants baked into the graph.
 """
@@ -30,6 +31,7 @@ from typing import Callable, Optional
 import tensorflow as tf
 
 from .. import precision
+from .calibration import read_weight
 from .scaling import Constraint, as_compute, constrain, scaling, static_size
 
 
@@ -49,7 +51,7 @@ def weight_contraction(
     forward, backward = scales
     # Simulated low precision rounds the unit-scale operands (the weight before a scale is
     # folded into it) and the unit gradient arriving at the product (``scmm.precision``).
-    w = precision.operand(as_compute(weight, x.dtype), "weight")
+    w = precision.operand(read_weight(weight, x.dtype), "weight")
     x = precision.operand(x, "activation")
     if forward == backward:  # fold into the weight (linear in w, so exact)
         return precision.output(
@@ -118,7 +120,7 @@ def add_bias(x: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
     is scaled by rows^-1/2.
     """
     rows = _parameter_rows(x, bias, "add_bias")
-    return x + scaling(as_compute(bias, x.dtype), backward=rows**-0.5)
+    return x + scaling(read_weight(bias, x.dtype), backward=rows**-0.5)
 
 
 def multiply_gain(x: tf.Tensor, gain: tf.Tensor) -> tf.Tensor:
@@ -128,7 +130,7 @@ def multiply_gain(x: tf.Tensor, gain: tf.Tensor) -> tf.Tensor:
     ``rows`` terms g * x, so it is scaled by rows^-1/2.
     """
     rows = _parameter_rows(x, gain, "multiply_gain")
-    return x * scaling(as_compute(gain, x.dtype), backward=rows**-0.5)
+    return x * scaling(read_weight(gain, x.dtype), backward=rows**-0.5)
 
 
 def embedding_lookup(
@@ -144,7 +146,7 @@ def embedding_lookup(
     """
     vocab = static_size(table.shape[:1], "embedding table")
     n_ids = static_size(ids.shape, "embedding ids")
-    table_t = tf.convert_to_tensor(table)
+    table_t = read_weight(table)
     out = tf.gather(scaling(table_t, backward=math.sqrt(vocab / n_ids)), ids)
     return out if dtype is None else as_compute(out, dtype)
 

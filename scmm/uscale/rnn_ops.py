@@ -12,7 +12,8 @@ import tensorflow as tf
 
 from .. import precision
 from ..layers.rnn import highway_scan
-from .scaling import as_compute, scaling, static_size
+from .calibration import read_weight
+from .scaling import scaling, static_size
 
 # The states are running averages of tanh candidates with a mostly-closed transform gate
 # (sigmoid(-rebias)), so their std at init is ~0.26 for rebias = 1, not 1. The cell output is
@@ -47,12 +48,12 @@ def rhn_kernels(
     """
     scale = rhn_gate_scale(input_kernel.shape[0], recurrent_kernel.shape[0])
     w = scaling(
-        precision.operand(as_compute(input_kernel, dtype), "weight"),
+        precision.operand(read_weight(input_kernel, dtype), "weight"),
         forward=scale,
         backward=rows**-0.5,
     )
     r = scaling(
-        as_compute(recurrent_kernel, dtype),
+        read_weight(recurrent_kernel, dtype),
         forward=scale,
         backward=rows**-0.5 * RECURRENT_GRAD_FACTOR,
     )
@@ -82,6 +83,6 @@ def recurrent_highway(
     x = precision.operand(x, "activation")
     gates_in = precision.output(tf.einsum("bsh,hgk->sbgk", x, w))  # (s, b, 2, h)
     shift = tf.constant([[0.0], [rebias]], dtype)  # (2, 1)
-    bias_t = scaling(as_compute(bias, dtype), backward=rows**-0.5 * BIAS_GRAD_FACTOR)
+    bias_t = scaling(read_weight(bias, dtype), backward=rows**-0.5 * BIAS_GRAD_FACTOR)
     gates_in = gates_in + (bias_t - shift)
     return highway_scan(gates_in, r) * tf.cast(RHN_OUTPUT_SCALE, dtype)  # (b, s, h)
