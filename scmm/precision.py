@@ -58,9 +58,20 @@ def current() -> Optional[PrecisionSettings]:
 def _round(x: tf.Tensor, fmt: str, settings: PrecisionSettings) -> tf.Tensor:
     """x rounded to ``fmt`` (with dynamic scaling if asked); straight-through gradient."""
     if settings.scaling == "none":
-        return quantise(x, fmt, saturate=settings.saturate)
+        return _cast(x, fmt, settings)
     scale = tf.stop_gradient(_power_of_two_scale(x, fmt))
-    return quantise(x * scale, fmt, saturate=settings.saturate) / scale
+    return _cast(x * scale, fmt, settings) / scale
+
+
+def _cast(x: tf.Tensor, fmt: str, settings: PrecisionSettings) -> tf.Tensor:
+    y = quantise(x, fmt, saturate=settings.saturate)
+    if settings.subnormals or fmt == "float32":
+        return y
+    # Flush-to-zero hardware: |y| below the smallest normal reads as 0. The flush is exact
+    # (y - flushed is 0 or y), and the gradient stays straight-through like the rounding's.
+    smallest_normal = tf.cast(get_format(fmt).smallest_normal, y.dtype)
+    flushed = tf.where(tf.abs(y) < smallest_normal, tf.zeros_like(y), y)
+    return y + tf.stop_gradient(flushed - y)
 
 
 def _power_of_two_scale(x: tf.Tensor, fmt: str) -> tf.Tensor:

@@ -82,6 +82,38 @@ def test_fp16_weight_gradients_are_rounded_and_underflow() -> None:
     assert np.mean(grad_b != kept) > 0.5
 
 
+def test_flush_to_zero_drops_subnormals_only() -> None:
+    """subnormals=False: float16 values under 2^-14 become 0 in operands and gradients;
+    normal values round as before, and the operand's gradient stays straight-through."""
+    fp16 = PrecisionSettings(activations="float16", weights="float16", gradients="float16")
+    ftz = dataclasses.replace(fp16, subnormals=False)
+    # Magnitudes spread over 2^-26 .. 2^0: normals, subnormals and values under 2^-24.
+    rng = np.random.default_rng(7)
+    x_np = (rng.choice([-1, 1], 4096) * 2.0 ** rng.uniform(-26, 0, 4096)).astype(np.float32)
+    x = tf.constant(x_np)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        with precision.scope(ftz):
+            flushed = precision.operand(x, "activation")
+    grad = tape.gradient(flushed, x, tf.constant(np.full(4096, 3.0, np.float32)))
+    with precision.scope(fp16):
+        kept = precision.operand(x, "activation").numpy()
+    normal = np.abs(kept) >= 2**-14
+    assert 0.2 < np.mean(normal) < 0.8 and np.mean((kept != 0) & ~normal) > 0.05
+    np.testing.assert_array_equal(flushed.numpy()[normal], kept[normal])
+    assert np.all(flushed.numpy()[~normal] == 0)
+    np.testing.assert_array_equal(grad.numpy(), np.full(4096, 3.0, np.float32))
+    # The gradient arriving at a matmul output is flushed the same way.
+    a_np, b_np = sample((64, 32), 1.0, 4), sample((32, 8), 1.0, 5)
+    upstream_np = sample((64, 8), 2**-14, 6)  # about half of it subnormal in float16
+    _, grad_a, _ = einsum_and_grads(ftz, a_np, b_np, upstream_np)
+    g_q, b_q = rounded(upstream_np, np.float16), rounded(b_np, np.float16)
+    g_q[np.abs(g_q) < 2**-14] = 0
+    b_q[np.abs(b_q) < 2**-14] = 0  # the weight operand is flushed too
+    assert 0.3 < np.mean(g_q == 0) < 0.9
+    np.testing.assert_allclose(grad_a, g_q @ b_q.T, rtol=1e-5, atol=1e-12)
+
+
 def test_dynamic_scaling_keeps_small_tensors_representable() -> None:
     x = tf.constant(sample((4096,), 1e-4, 3))
     naive = PrecisionSettings(activations="e4m3")

@@ -148,6 +148,9 @@ class PrecisionSettings:
     power of two from its current abs max before the cast (what FP8 libraries do)."""
     head: bool = False
     """Also simulate the output projection (kept in the compute dtype by default)."""
+    subnormals: bool = True
+    """False: rounded values below the format's smallest normal become zero, as on hardware
+    that flushes subnormals (float16: everything under 2^-14 instead of under 2^-24)."""
 
     @property
     def enabled(self) -> bool:
