@@ -17,6 +17,13 @@
   with every matmul's inputs and the gradient arriving at its output (the head's included)
   rounded to float16, non-saturating (``scmm.precision``). Weights keep float32 masters.
   Real FP16 (the paper's columns) is what ``paper-table`` runs.
+- ``fp16-underflow-small``: paper-table-small's four models and reductions with float16 that
+  flushes subnormals to zero (``model.precision.subnormals false``, as hardware without
+  subnormal support does), regular FP16 at loss scale 1 and 2048 and unit-scaled FP16, beside
+  FP32 and IEEE FP16, at the learning rates paper-table-small found best (regular 2^-7 and
+  2^-5, unit 2^-4), 3 repeats. The regular models' gradients sit at ~2^-16, inside float16's
+  subnormal range, so whether the paper's FP16 degradation appears at this scale depends on
+  subnormal support; this sweep measures both.
 - ``fp8-small``: the reduced attention model of ``paper-table-small`` in FP32, simulated FP8
   (E4M3 activations and weights, E5M2 gradients; regular naive, regular with per-tensor
   dynamic scaling, unit-scaled) and bfloat16, regular and unit-scaled, 2 repeats per LR.
@@ -131,6 +138,50 @@ SWEEPS: dict[str, dict[str, Any]] = {
         "filters": _PAPER_FILTERS,
         "repeats": 3,
         "lr_search": {"factor": 4.0, "threshold": 0.1, "max_points": 4},
+        "table_rows": ["model", "norm"],
+    },
+    "fp16-underflow-small": {
+        "description": (
+            "paper-table-small's models with float16 that flushes subnormals (FTZ): regular"
+            " FP16 with loss scale 1 and 2048 and unit-scaled FP16, against FP32 and IEEE"
+            " FP16, at the LRs paper-table-small found best."
+        ),
+        "base": "paper-attention",
+        "overrides": _SMALL_OVERRIDES,
+        "axes": {
+            "model": {
+                "attention": {"preset": "paper-attention", "model.sequence.head_size": 32},
+                "conv": {"preset": "paper-conv"},
+                "rnn": {"preset": "paper-rnn"},
+            },
+            "norm": {
+                "pre": {"model.residual.norm": "pre"},
+                "post": {"model.residual.norm": "post"},
+            },
+            "dtype": {
+                "float32": {"model.dtype": "float32"},
+                "float16-sim": _FP16_SIMULATED,
+                "float16-sim-ftz": {**_FP16_SIMULATED, "model.precision.subnormals": False},
+            },
+            # paper-table-small's best: regular 2^-7 (conv 2^-5), unit 2^-4 for every model.
+            "variant": {
+                "regular": {
+                    "unit_scale": False,
+                    "lr_search.start": 2**-7,
+                    "lr_search.max_points": 2,
+                },
+                "unit": {"unit_scale": True, "lr_search.start": 2**-4, "lr_search.max_points": 1},
+            },
+            "loss_scale": _PAPER_COLUMNS["loss_scale"],
+        },
+        # IEEE FP16 with loss scale 2048 and unit-scaled IEEE FP16 are in paper-table-small.
+        "filters": [
+            *_PAPER_FILTERS,
+            {"dtype": "float16-sim", "loss_scale": "2048"},
+            {"dtype": "float16-sim", "variant": "unit"},
+        ],
+        "repeats": 3,
+        "lr_search": {"factor": 4.0, "threshold": 0.1, "max_points": 2},
         "table_rows": ["model", "norm"],
     },
     "fp8-small": {
