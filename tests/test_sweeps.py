@@ -555,3 +555,19 @@ def test_fp8_small_and_paper_table_small_expand() -> None:
     simulated = [c for c in small if c.labels["dtype"] == "float16-sim"]
     assert len(simulated) == 12
     assert all(c.settings["model"]["precision"]["gradients"] == "float16" for c in simulated)
+
+
+def test_fp16_underflow_small_expands_to_its_columns() -> None:
+    configs = {c.key: c for c in expand(load_definition("fp16-underflow-small"))}
+    assert len(configs) == 24  # 4 rows x 6 columns
+    ftz = [c for c in configs.values() if c.labels["dtype"] == "float16-sim-ftz"]
+    assert len(ftz) == 12
+    assert all(c.settings["model"]["precision"]["subnormals"] is False for c in ftz)
+    ieee = [c for c in configs.values() if c.labels["dtype"] == "float16-sim"]
+    assert len(ieee) == 4 and all(c.labels["variant"] == "regular" for c in ieee)
+    assert all(c.settings["model"]["precision"]["subnormals"] is True for c in ieee)
+    scaled = [c for c in ftz if c.labels["loss_scale"] == "2048"]
+    assert len(scaled) == 4 and all(c.settings["training"]["loss_scale"] == 2048 for c in scaled)
+    unit = [c for c in configs.values() if c.labels["variant"] == "unit"]
+    assert {c.lr_search.max_points for c in unit} == {1}
+    assert {c.lr_search.start for c in unit} == {2**-4}
