@@ -89,6 +89,15 @@ _MODELS = {
     "conv": {"preset": "paper-conv"},
     "rnn": {"preset": "paper-rnn"},
 }
+_NORMS = {"pre": {"model.residual.norm": "pre"}, "post": {"model.residual.norm": "post"}}
+# The table rows (model x norm axes) of the reduced paper sweeps: 2 heads x 32 for attention.
+_SMALL_ROWS: dict[str, Any] = {
+    "model": {
+        **_MODELS,
+        "attention": {"preset": "paper-attention", "model.sequence.head_size": 32},
+    },
+    "norm": _NORMS,
+}
 
 SWEEPS: dict[str, dict[str, Any]] = {
     "paper-table": {
@@ -97,10 +106,7 @@ SWEEPS: dict[str, dict[str, Any]] = {
         "overrides": {"output.wandb": "auto"},
         "axes": {
             "model": _MODELS,
-            "norm": {
-                "pre": {"model.residual.norm": "pre"},
-                "post": {"model.residual.norm": "post"},
-            },
+            "norm": _NORMS,
             **_PAPER_COLUMNS,
         },
         "filters": _PAPER_FILTERS,
@@ -116,15 +122,7 @@ SWEEPS: dict[str, dict[str, Any]] = {
         "base": "paper-attention",
         "overrides": _SMALL_OVERRIDES,
         "axes": {
-            "model": {
-                "attention": {"preset": "paper-attention", "model.sequence.head_size": 32},
-                "conv": {"preset": "paper-conv"},
-                "rnn": {"preset": "paper-rnn"},
-            },
-            "norm": {
-                "pre": {"model.residual.norm": "pre"},
-                "post": {"model.residual.norm": "post"},
-            },
+            **_SMALL_ROWS,
             # FP16 is simulated: every matmul's inputs and output gradient (head included)
             # rounded to float16. (Chosen when float16 measured ~30x slower under XLA on CPU;
             # since the projection fix it runs ~1.6x float32, so real FP16 is now affordable.)
@@ -149,15 +147,7 @@ SWEEPS: dict[str, dict[str, Any]] = {
         "base": "paper-attention",
         "overrides": _SMALL_OVERRIDES,
         "axes": {
-            "model": {
-                "attention": {"preset": "paper-attention", "model.sequence.head_size": 32},
-                "conv": {"preset": "paper-conv"},
-                "rnn": {"preset": "paper-rnn"},
-            },
-            "norm": {
-                "pre": {"model.residual.norm": "pre"},
-                "post": {"model.residual.norm": "post"},
-            },
+            **_SMALL_ROWS,
             "dtype": {
                 "float32": {"model.dtype": "float32"},
                 "float16-sim": _FP16_SIMULATED,
