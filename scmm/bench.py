@@ -25,10 +25,10 @@ from .models import (
     ResidualSettings,
     RNNSettings,
 )
-from .models.settings import PrecisionSettings
 from .pedal import Execution, ExecutionSettings
-from .training import Trainer, TrainingSettings, vector_learning_rate_scales
-from .uscale.calibration import calibrate_weight_gradients
+from .precision_settings import PrecisionSettings
+from .schemes import UnitScalingSettings
+from .training import Trainer, TrainingSettings
 
 VOCAB = 256
 SEQUENCES, LENGTH = 8, 256
@@ -42,7 +42,6 @@ class Case:
     model: ModelSettings
     xla: bool = True
     dtype: str = "float32"
-    unit_scale: bool = False
 
 
 @dataclasses.dataclass
@@ -65,11 +64,12 @@ def paper_cases() -> list[Case]:
     # Unit scaling needs weighted residuals; the paper's runs use the running mean for both.
     attention_mean = dataclasses.replace(attention, residual=ResidualSettings(weighting="mean"))
     fp8 = PrecisionSettings(activations="e4m3", weights="e4m3", gradients="e5m2")
-    attention_fp8 = dataclasses.replace(attention_mean, precision=fp8)
+    attention_unit = dataclasses.replace(attention_mean, scaling=UnitScalingSettings())
+    attention_fp8 = dataclasses.replace(attention_unit, precision=fp8)
     return [
         Case("attention (paper, XLA)", attention_mean),
-        Case("attention unit-scaled (paper, XLA)", attention_mean, unit_scale=True),
-        Case("attention unit-scaled FP8-sim (XLA)", attention_fp8, unit_scale=True),
+        Case("attention unit-scaled (paper, XLA)", attention_unit),
+        Case("attention unit-scaled FP8-sim (XLA)", attention_fp8),
         # Plain x + f(x) residuals: the regular model without the running-mean weighting, which
         # (for reasons not yet understood) makes XLA's CPU backward pass ~40% slower.
         Case("attention plain residual (XLA)", attention),
@@ -85,14 +85,9 @@ def measure(case: Case, steps_per_call: int = 16, calls: int = 5, seed: int = 0)
     with execution.scope():
         model = CharLM(
             dataclasses.replace(case.model, seed=seed, dtype=case.dtype),  # type: ignore[arg-type]
-            unit_scale=case.unit_scale,
         )
-        scales = vector_learning_rate_scales(model.trainable_weights) if case.unit_scale else None
         trainer = Trainer(
-            model,
-            TrainingSettings(batch_sequences=SEQUENCES),
-            execution,
-            learning_rate_scales=scales,
+            model, TrainingSettings(batch_sequences=SEQUENCES), execution, model.parameters
         )
     rng = np.random.default_rng(seed)
 
@@ -100,9 +95,9 @@ def measure(case: Case, steps_per_call: int = 16, calls: int = 5, seed: int = 0)
         shape = (steps_per_call, SEQUENCES, LENGTH)
         return {"tokens": rng.integers(0, VOCAB, shape), "mask": np.ones(shape, bool)}
 
-    if case.unit_scale:  # as a run does: calibrated weight-gradient factors, before tracing
+    if model.scheme.calibrates:  # as a run does: the scheme calibrates before tracing
         with execution.scope():
-            calibrate_weight_gradients(model, {k: v[0] for k, v in batch().items()})
+            model.scheme.calibrate(model, {k: v[0] for k, v in batch().items()}, model.parameters)
     start = time.perf_counter()
     trainer.train(batch())
     compile_seconds = time.perf_counter() - start

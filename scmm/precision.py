@@ -26,7 +26,7 @@ from typing import Any, Iterator, Optional
 import tensorflow as tf
 
 from .formats import get_format, quantise
-from .models.settings import PrecisionSettings
+from .precision_settings import PrecisionSettings
 
 _STATE = threading.local()
 

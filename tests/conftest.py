@@ -1,5 +1,6 @@
 """Shared helpers for the numerics tests: small models, batches and executions."""
 
+import dataclasses
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -20,6 +21,8 @@ from scmm.models import (
     SequenceMixerSettings,
 )
 from scmm.pedal import Execution, ExecutionSettings
+from scmm.precision_settings import WeightStorage
+from scmm.schemes import UnitScalingSettings
 
 KINDS = ("attention", "conv", "rnn")
 VOCAB = 16
@@ -63,9 +66,19 @@ def model_settings(
     )
 
 
-def make_model(kind: str = "attention", *, master_weights: bool = True, **kwargs: Any) -> CharLM:
-    """A small ``CharLM``; keyword arguments go to ``model_settings``."""
-    return CharLM(model_settings(kind, **kwargs), master_weights=master_weights)
+def make_model(
+    kind: str = "attention", *, weights: WeightStorage = "master", **kwargs: Any
+) -> CharLM:
+    """A small ``CharLM`` storing its weights as ``weights`` (master | rounded | stochastic);
+    other keyword arguments go to ``model_settings``."""
+    settings = dataclasses.replace(model_settings(kind, **kwargs), weights=weights)
+    return CharLM(settings)
+
+
+def unit_scaled(settings: ModelSettings, weighting: str = "mean") -> ModelSettings:
+    """``settings`` with the unit-scaling scheme (and weighted residuals, which it needs)."""
+    residual = dataclasses.replace(settings.residual, weighting=weighting)  # type: ignore[arg-type]
+    return dataclasses.replace(settings, scaling=UnitScalingSettings(), residual=residual)
 
 
 def make_execution(xla: bool = True) -> Execution:

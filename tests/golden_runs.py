@@ -85,7 +85,7 @@ def case_names() -> list[str]:
 
 def scheme_overrides(scheme: str) -> dict[str, str]:
     """How the settings tree names the scaling scheme (the only spelling a refactor changes)."""
-    return {"unit_scale": "true" if scheme == "unit" else "false"}
+    return {"model.scaling.type": scheme}
 
 
 def case_argv(name: str) -> list[str]:
@@ -140,8 +140,11 @@ def run_case(name: str, out_dir: str) -> dict[str, Any]:
 
 
 def state_factors(state: dict[str, Any]) -> dict[str, float]:
-    """The weight-gradient factors a checkpoint's state holds (by weight path)."""
-    return dict(state["weight_gradient_factors"])
+    """The weight-gradient factors a checkpoint's state holds (by weight path).
+
+    Before the refactor they were ``state["weight_gradient_factors"]``; the scheme now keeps
+    them in its own state."""
+    return dict(state["scheme"]["gradient_factors"])
 
 
 @contextlib.contextmanager

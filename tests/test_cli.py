@@ -11,6 +11,7 @@ from experiment_helpers import write_grammar_folder
 from scmm.experiments import ExperimentSettings, SettingsError, cli, from_dict, main, presets
 from scmm.experiments import to_dict
 from scmm.models.settings import AttentionSettings, ConvSettings, RNNSettings
+from scmm.schemes import UnitScalingSettings
 from scmm.training.settings import AdamWSettings, SGDMSettings
 
 
@@ -229,7 +230,10 @@ def test_malformed_arguments() -> None:
         (["--training.steps", "-1"], "training.steps"),
         (["--training.optimiser.learning_rate", "-1"], "learning_rate"),
         (["--seed", "-3"], "seed"),
-        (["--unit_scale", "true", "--model.residual.weighting", "plain"], "unit_scale"),
+        (
+            ["--model.scaling.type", "unit", "--model.residual.weighting", "plain"],
+            "model.scaling.type=unit needs model.residual.weighting fixed or mean",
+        ),
     ],
 )
 def test_impossible_values_fail_validation(argv: list[str], fragment: str) -> None:
@@ -237,6 +241,34 @@ def test_impossible_values_fail_validation(argv: list[str], fragment: str) -> No
     with pytest.raises(ValueError) as info:
         settings.validate()  # ... that cannot be built
     assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "argv,spelling",
+    [
+        (["--unit_scale", "true"], "--model.scaling.type unit"),
+        (["--calibrate_weight_gradients", "false"], "--model.scaling.calibrate"),
+        (["--training.weights", "stochastic"], "--model.weights"),
+    ],
+)
+def test_moved_settings_name_their_new_spelling(argv: list[str], spelling: str) -> None:
+    message = settings_error(*argv)
+    assert "was replaced" in message and spelling in message, message
+
+
+def test_old_run_settings_are_migrated_on_resume(tmp_path: Path) -> None:
+    """A settings.json written before the scheme moved into the model still resumes."""
+    old = to_dict(parse("--model.residual.weighting", "mean"))
+    old["unit_scale"] = True
+    old["calibrate_weight_gradients"] = False
+    old["training"]["weights"] = "rounded"
+    del old["model"]["scaling"], old["model"]["weights"]
+    (tmp_path / "settings.json").write_text(json.dumps(old), encoding="utf-8")
+    invocation = cli.parse(["--resume", str(tmp_path)])
+    assert invocation is not None
+    model = invocation.settings.model
+    assert model.scaling == UnitScalingSettings(calibrate=False)
+    assert model.weights == "rounded"
 
 
 def test_missing_data_folder_fails_validation(tmp_path: Path) -> None:

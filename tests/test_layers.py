@@ -19,10 +19,10 @@ from scmm.layers import (
     Residual,
     Shift,
     relative_shift,
-    residual_weights,
     sinusoid_embedding,
 )
 from scmm.layers.residual import NormPlacement
+from scmm.schemes.scheme import RegularScheme, UnitScheme
 
 # (input, weights by name, float64 reference output)
 AttentionCase = tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]
@@ -385,17 +385,19 @@ def test_projection_ffn_embedding_shift_match_numpy() -> None:
     assert shift.padding.numpy().std() > 0.3
 
 
-def test_residual_weights() -> None:
-    """(skip, branch) for plain, fixed and mean weighting; bad settings rejected."""
-    assert residual_weights("plain", 0.3, 4) == (1.0, 1.0)
-    skip, branch = residual_weights("fixed", 0.36, 7)
-    assert skip == pytest.approx(0.8) and branch == pytest.approx(0.6)
-    skip, branch = residual_weights("mean", 0.0, 3)  # alpha = 1/(3+1)
-    assert skip == pytest.approx(math.sqrt(0.75)) and branch == pytest.approx(0.5)
-    with pytest.raises(ValueError, match="weighting"):
-        residual_weights("sum", 0.5, 1)
-    with pytest.raises(ValueError, match="alpha"):
-        residual_weights("fixed", 1.0, 1)
+def test_residual_rules_of_the_schemes() -> None:
+    """tau for plain, fixed and mean weighting; bad settings rejected; unit needs a tau."""
+    regular, unit = RegularScheme(), UnitScheme()
+    assert regular.residual_tau("plain", 0.3, 4) is None
+    for scheme in (regular, unit):
+        assert scheme.residual_tau("fixed", 0.36, 7) == 0.36
+        assert scheme.residual_tau("mean", 0.0, 3) == 0.25  # 1/(3+1)
+        with pytest.raises(ValueError, match="weighting"):
+            scheme.residual_tau("sum", 0.5, 1)
+        with pytest.raises(ValueError, match="alpha"):
+            scheme.residual_tau("fixed", 1.0, 1)
+    with pytest.raises(ValueError, match="fixed or mean"):
+        unit.residual_tau("plain", 0.5, 1)
 
 
 @pytest.mark.parametrize("norm", ["pre", "post", "none"])
@@ -403,7 +405,7 @@ def test_residual_matches_formula(norm: NormPlacement) -> None:
     """Pre-, post- and no-norm residual blocks follow their formulas."""
     rng = np.random.default_rng(0)
     body = Projection(8, 8, seed=1)
-    block = Residual(body, 8, norm=norm, skip=0.8, branch=0.6)
+    block = Residual(body, 8, norm=norm, tau=0.36)  # skip sqrt(1 - tau) = 0.8, branch 0.6
     block.build(None)
     x = rng.normal(size=(2, 3, 8)).astype(np.float32)
     kernel, bias = as_float64(body.kernel), as_float64(body.bias)

@@ -78,7 +78,9 @@ LOSS_TOLERANCE = {"float32": 0.0, "float16": 0.005, "bfloat16": 0.02}
 def test_forward_in_each_dtype(kind: str, dtype: str, master: bool) -> None:
     """Variable/compute dtypes per storage mode; finite loss near ln(V) at init."""
     vocab = 32
-    model = make_model(kind, dtype=dtype, master_weights=master, vocab_size=vocab)
+    model = make_model(
+        kind, dtype=dtype, weights="master" if master else "rounded", vocab_size=vocab
+    )
     variable_dtype = "float32" if master else dtype
     assert {v.dtype for v in model.weights} == {variable_dtype}
     assert model.dtype_policy.name == dtype_policy_name(dtype, master)
@@ -149,8 +151,8 @@ def test_weight_round_trip_is_exact(kind: str) -> None:
 
 def test_weight_round_trip_16bit_storage_keeps_dtype() -> None:
     """Round trip of bfloat16-stored weights is exact too."""
-    source = make_model("attention", dtype="bfloat16", master_weights=False, seed=1)
-    target = make_model("attention", dtype="bfloat16", master_weights=False, seed=2)
+    source = make_model("attention", dtype="bfloat16", weights="rounded", seed=1)
+    target = make_model("attention", dtype="bfloat16", weights="rounded", seed=2)
     target.set_weight_arrays(source.get_weight_arrays())
     tokens = tf.constant(np.arange(24).reshape(2, 12) % VOCAB, tf.int32)
     np.testing.assert_array_equal(

@@ -11,8 +11,9 @@ from conftest import MODEL_VARIANTS, VOCAB, make_execution, model_settings, repe
 
 from scmm import precision
 from scmm.models import CharLM, ResidualSettings
-from scmm.models.settings import PrecisionSettings
-from scmm.training import AdamWSettings, Trainer, TrainingSettings, vector_learning_rate_scales
+from scmm.precision_settings import PrecisionSettings
+from scmm.schemes import UnitScalingSettings
+from scmm.training import AdamWSettings, Trainer, TrainingSettings
 
 FP8 = PrecisionSettings(activations="e4m3", weights="e4m3", gradients="e5m2")
 
@@ -144,13 +145,14 @@ def test_fp8_simulation_changes_the_loss_a_little(kind: str, norm: str, unit_sca
         model_settings(kind, norm=norm, seed=2),
         residual=ResidualSettings(norm=norm, weighting="mean"),  # type: ignore[arg-type]
     )
+    if unit_scale:
+        settings = dataclasses.replace(settings, scaling=UnitScalingSettings())
     tokens = np.random.default_rng(0).integers(0, VOCAB, (4, 32))
-    plain = CharLM(settings, unit_scale=unit_scale)
+    plain = CharLM(settings)
     float32 = CharLM(
-        dataclasses.replace(settings, precision=PrecisionSettings(activations="float32")),
-        unit_scale=unit_scale,
+        dataclasses.replace(settings, precision=PrecisionSettings(activations="float32"))
     )
-    fp8 = CharLM(dataclasses.replace(settings, precision=FP8), unit_scale=unit_scale)
+    fp8 = CharLM(dataclasses.replace(settings, precision=FP8))
     loss = float(plain(tokens)["loss"])
     assert float(float32(tokens)["loss"]) == loss  # float32 formats: nothing changes
     fp8_loss = float(fp8(tokens)["loss"])
@@ -180,12 +182,12 @@ def test_unit_scaled_models_fit_a_repeating_sequence_in_low_precision(
         residual=ResidualSettings(norm=norm, weighting="mean"),  # type: ignore[arg-type]
         precision=FP8 if mode == "fp8" else PrecisionSettings(),
     )
-    model = CharLM(settings, unit_scale=True)
+    model = CharLM(dataclasses.replace(settings, scaling=UnitScalingSettings()))
     trainer = Trainer(
         model,
         TrainingSettings(optimiser=AdamWSettings(learning_rate=2**-6)),
         make_execution(xla=True),
-        learning_rate_scales=vector_learning_rate_scales(model.trainable_weights),
+        model.parameters,
     )
     losses = np.concatenate(
         [trainer.train(repeating_batch(pattern, 50, 4, 48, rng))["loss"] for _ in range(4)]

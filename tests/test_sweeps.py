@@ -58,7 +58,10 @@ def record_of(index: SweepIndex, trial: str) -> TrialRecord:
 def test_cartesian_product_filters_and_labels() -> None:
     sweep = definition(
         axes={
-            "variant": {"regular": {"unit_scale": False}, "unit": {"unit_scale": True}},
+            "variant": {
+                "regular": {"model.scaling.type": "regular"},
+                "unit": {"model.scaling.type": "unit"},
+            },
             "model.hidden_size": [32, 64, 128],
         },
         overrides={"model.residual.weighting": "mean"},
@@ -70,7 +73,7 @@ def test_cartesian_product_filters_and_labels() -> None:
     assert keys[0] == "variant=regular,model.hidden_size=32"
     assert "variant=unit,model.hidden_size=128" not in keys
     unit_64 = configs[keys.index("variant=unit,model.hidden_size=64")]
-    assert unit_64.settings["unit_scale"] is True
+    assert unit_64.settings["model"]["scaling"]["type"] == "unit"
     assert unit_64.settings["model"]["hidden_size"] == 64
     assert unit_64.settings["model"]["residual"]["weighting"] == "mean"
     assert unit_64.settings["preset"] == "smoke"
@@ -82,7 +85,7 @@ def test_axis_value_may_switch_preset_and_search_start() -> None:
             "model": {"attention": {"preset": "paper-attention"}, "rnn": {"preset": "paper-rnn"}},
             "variant": {
                 "regular": {"lr_search.start": 2**-14},
-                "unit": {"unit_scale": True, "lr_search.start": 2**-8},
+                "unit": {"model.scaling.type": "unit", "lr_search.start": 2**-8},
             },
         },
         lr_search={"factor": 2, "threshold": 0.1},
@@ -107,7 +110,10 @@ def test_extra_overrides_apply_to_every_configuration() -> None:
     [
         ({"axes": {"v": {"a": {"model.hidden_sise": 3}}}}, "v=a"),
         ({"axes": {"model.hidden_size": ["big"]}}, "model.hidden_size=big"),
-        ({"axes": {"v": {"a": {"unit_scale": True}}}, "filters": [{"w": 1}]}, "unknown axes"),
+        (
+            {"axes": {"v": {"a": {"model.scaling.type": "unit"}}}, "filters": [{"w": 1}]},
+            "unknown axes",
+        ),
         ({"axess": {}}, "unknown sweep keys"),
         ({"lr_search": {"start": -1.0}}, "lr_search.start"),
         ({"lr_search": {"begin": 1.0}}, "unknown lr_search keys"),
@@ -156,7 +162,7 @@ def test_paper_table_has_the_papers_twenty_configurations() -> None:
     }
     for config in configs:
         unit = config.labels["variant"] == "unit"
-        assert config.settings["unit_scale"] is unit
+        assert (config.settings["model"]["scaling"]["type"] == "unit") is unit
         assert search_of(config).start == (2**-8 if unit else 2**-14)
         assert config.settings["training"]["steps"] == 2**19
         assert config.settings["data"]["path"] == "data/wikitext-103"
@@ -290,7 +296,7 @@ def fake_sweep(tmp_path: pathlib.Path, **fields: Any) -> Sweep:
             "variant": {
                 "regular": {"lr_search.start": 2**-12},
                 "unit": {
-                    "unit_scale": True,
+                    "model.scaling.type": "unit",
                     "model.residual.weighting": "mean",
                     "lr_search.start": 2**-9,
                 },
@@ -545,7 +551,7 @@ def test_fp8_small_and_paper_table_small_expand() -> None:
     fp8 = {c.key: c for c in expand(load_definition("fp8-small"))}
     assert len(fp8) == 7 and "format=fp8-scaled,variant=unit" not in fp8
     unit = fp8["format=fp8,variant=unit"].settings
-    assert unit["unit_scale"] is True
+    assert unit["model"]["scaling"]["type"] == "unit"
     assert unit["model"]["precision"]["activations"] == "e4m3"
     assert unit["model"]["precision"]["gradients"] == "e5m2"
     scaled = fp8["format=fp8-scaled,variant=regular"].settings

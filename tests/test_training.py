@@ -5,7 +5,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import keras
 import numpy as np
@@ -30,10 +30,9 @@ from scmm.training import (
     Trainer,
     TrainingSettings,
     WeightStorage,
-    make_optimiser,
     stochastic_round,
-    vector_learning_rate_scales,
 )
+from scmm.parameters import Parameter, ParameterTable
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -155,6 +154,24 @@ def _variables(dtype: str = "float32") -> list[keras.Variable]:
     ]
 
 
+def _table(
+    variables: list[keras.Variable],
+    learning_rate: Sequence[float] = (1.0, 1.0),
+    weight_decay: Sequence[float] = (1.0, 1.0),
+) -> ParameterTable:
+    """A parameter table for ``_variables()`` with the given multipliers (by position here)."""
+    return ParameterTable(
+        Parameter(
+            v.path,
+            tuple(v.shape),
+            "weight",
+            learning_rate_multiplier=lr,
+            weight_decay_multiplier=wd,
+        )
+        for v, lr, wd in zip(variables, learning_rate, weight_decay)
+    )
+
+
 def _grads(step: int) -> list[np.ndarray]:
     rng = np.random.default_rng(100 + step)
     return [rng.normal(size=(3, 4)), rng.normal(0, 0.1, size=(5,))]
@@ -170,9 +187,9 @@ def test_adamw_matches_numpy() -> None:
         beta2=0.95,
         epsilon=1e-6,
     )
-    scales = [1.0, 0.25]
+    scales, decays = [1.0, 0.25], [0.5, 1.0]
     variables = _variables()
-    opt = AdamW(settings, variables, learning_rate_scales=scales)
+    opt = AdamW(settings, variables, _table(variables, scales, decays))
     w = [as_float64(v) for v in variables]
     m = [np.zeros_like(x) for x in w]
     v = [np.zeros_like(x) for x in w]
@@ -184,7 +201,8 @@ def test_adamw_matches_numpy() -> None:
             m[i] = 0.8 * m[i] + 0.2 * g
             v[i] = 0.95 * v[i] + 0.05 * g**2
             m_hat, v_hat = m[i] / (1 - 0.8**t), v[i] / (1 - 0.95**t)
-            w[i] = w[i] - rate * scales[i] * (m_hat / (np.sqrt(v_hat) + 1e-6) + 0.05 * w[i])
+            decay = 0.05 * decays[i]
+            w[i] = w[i] - rate * scales[i] * (m_hat / (np.sqrt(v_hat) + 1e-6) + decay * w[i])
         for i, variable in enumerate(variables):
             np.testing.assert_allclose(as_float64(variable), w[i], rtol=1e-6, atol=1e-7)
             np.testing.assert_allclose(opt.slots["m"][i].numpy(), m[i], rtol=1e-6, atol=1e-8)
@@ -198,9 +216,9 @@ def test_sgdm_matches_numpy() -> None:
     settings = SGDMSettings(
         learning_rate=0.05, learning_rate_decay=0.5, weight_decay=0.1, momentum=0.7
     )
-    scales = [0.5, 2.0]
+    scales, decays = [0.5, 2.0], [1.0, 3.0]
     variables = _variables()
-    opt = SGDM(settings, variables, learning_rate_scales=scales)
+    opt = SGDM(settings, variables, _table(variables, scales, decays))
     w = [as_float64(v) for v in variables]
     velocity = [np.zeros_like(x) for x in w]
     for t in range(1, 5):
@@ -209,20 +227,22 @@ def test_sgdm_matches_numpy() -> None:
         rate = 0.05 * 2.0 ** (-(t - 1) * 0.5)
         for i, g in enumerate(np.asarray(g, np.float32).astype(np.float64) for g in grads):
             velocity[i] = 0.7 * velocity[i] + g
-            w[i] = w[i] - rate * scales[i] * (velocity[i] + 0.1 * w[i])
+            w[i] = w[i] - rate * scales[i] * (velocity[i] + 0.1 * decays[i] * w[i])
         for i, variable in enumerate(variables):
             np.testing.assert_allclose(as_float64(variable), w[i], rtol=1e-6, atol=1e-7)
 
 
-def test_learning_rate_scales() -> None:
+def test_learning_rate_multipliers_come_from_the_table_by_path() -> None:
     """Per-variable learning-rate multipliers are applied to that variable only."""
     variables = _variables()
-    assert vector_learning_rate_scales(variables) == [1.0, pytest.approx(5**-0.5)]
-    with pytest.raises(ValueError, match="learning_rate_scales"):
-        SGDM(SGDMSettings(), variables, learning_rate_scales=[1.0])
-    # A scale of 0 freezes exactly that variable; the other moves.
+    with pytest.raises(ValueError, match="no rows for.*vector"):
+        SGDM(SGDMSettings(), variables, _table(variables[:1]))
+    # A multiplier of 0 freezes exactly that variable; the other moves. The table's rows are in
+    # the other order: the optimiser finds each variable's row by path.
     before = [v.numpy().copy() for v in variables]
-    opt = make_optimiser(SGDMSettings(learning_rate=0.1), variables, learning_rate_scales=[1, 0])
+    table = _table(variables, (1.0, 0.0))
+    reordered = ParameterTable([table[variables[1].path], table[variables[0].path]])
+    opt = SGDMSettings(learning_rate=0.1).build(variables, reordered)
     opt.apply([tf.constant(g, tf.float32) for g in _grads(1)])
     assert not np.array_equal(variables[0].numpy(), before[0])
     np.testing.assert_array_equal(variables[1].numpy(), before[1])
@@ -232,7 +252,7 @@ def test_optimiser_state_round_trip() -> None:
     """state_arrays/set_state_arrays resume exactly; bad state is rejected."""
     settings = AdamWSettings(learning_rate=0.01, learning_rate_decay=0.2)
     source_vars = _variables()
-    source = AdamW(settings, source_vars)
+    source = AdamW(settings, source_vars, _table(source_vars))
     for t in range(3):
         source.apply([tf.constant(g, tf.float32) for g in _grads(t)])
     state = source.state_arrays()
@@ -241,7 +261,7 @@ def test_optimiser_state_round_trip() -> None:
 
     def resumed(restore_state: bool) -> list[np.ndarray]:
         variables = [keras.Variable(v.numpy(), name=v.name) for v in source_vars]
-        target = AdamW(settings, variables)
+        target = AdamW(settings, variables, _table(variables))
         if restore_state:
             target.set_state_arrays(state)
         for t in range(3, 5):
@@ -255,7 +275,8 @@ def test_optimiser_state_round_trip() -> None:
         np.testing.assert_array_equal(value, variable.numpy())
         assert not np.allclose(other, variable.numpy())  # the state matters
 
-    target = AdamW(settings, _variables())
+    fresh_vars = _variables()
+    target = AdamW(settings, fresh_vars, _table(fresh_vars))
     with pytest.raises(ValueError, match="missing.*vector/v"):
         target.set_state_arrays({k: v for k, v in state.items() if k != "vector/v"})
     with pytest.raises(ValueError, match="unexpected.*other/m"):
@@ -285,7 +306,7 @@ def test_tiny_updates_vanish_with_round_to_nearest_not_stochastic(dtype: str, ul
     ]
     for mode, weights_dtype in modes:
         variable = keras.Variable(tf.cast(w0, weights_dtype), dtype=weights_dtype, name="w")
-        opt = SGDM(settings, [variable], weights=mode, seed=7)
+        opt = SGDM(settings, [variable], _table([variable]), weights=mode, seed=7)
         for _ in range(steps):
             opt.apply(grad)
         assert variable.dtype == weights_dtype
@@ -325,13 +346,14 @@ def test_weight_storage_modes_in_training(dtype: str) -> None:
     finals, losses = {}, {}
     storage_modes: list[WeightStorage] = ["master", "rounded", "stochastic"]
     for mode in storage_modes:
-        model = make_model("attention", dtype=dtype, master_weights=mode == "master")
+        model = make_model("attention", dtype=dtype, weights=mode)
         assert {str(v.dtype) for v in model.weights} == {"float32" if mode == "master" else dtype}
         model.set_weight_arrays(start)
         trainer = Trainer(
             model,
-            TrainingSettings(optimiser=AdamWSettings(learning_rate=TINY_LR), weights=mode),
+            TrainingSettings(optimiser=AdamWSettings(learning_rate=TINY_LR)),
             make_execution(xla=False),
+            weights=mode,
             seed=5,
         )
         losses[mode] = trainer.train(batch)["loss"]
@@ -393,11 +415,9 @@ def test_fits_repeating_sequence(kind: str, norm: str, dtype: str, weights: Weig
     """Each model variant learns a tiled random pattern to < FIT_THRESHOLD nats."""
     rng = np.random.default_rng({"attention": 0, "conv": 1, "rnn": 2}[kind])
     pattern = rng.integers(0, VOCAB, rng.integers(13, 18))
-    model = make_model(
-        kind, norm=norm, dtype=dtype, master_weights=weights == "master", depth=2, seed=3
-    )
-    settings = TrainingSettings(optimiser=AdamWSettings(learning_rate=0.01), weights=weights)
-    trainer = Trainer(model, settings, make_execution(xla=True), seed=0)
+    model = make_model(kind, norm=norm, dtype=dtype, weights=weights, depth=2, seed=3)
+    settings = TrainingSettings(optimiser=AdamWSettings(learning_rate=0.01))
+    trainer = Trainer(model, settings, make_execution(xla=True), weights=weights, seed=0)
     losses = np.concatenate(
         [trainer.train(repeating_batch(pattern, 50, 4, 48, rng))["loss"] for _ in range(4)]
     )
@@ -553,7 +573,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 from scmm.models import AttentionSettings, CharLM, ModelSettings
-from scmm.training import AdamWSettings, SGDMSettings, make_optimiser
+from scmm.training import AdamWSettings, SGDMSettings
 
 
 def settings():
@@ -575,7 +595,7 @@ for name, opt_settings in [
 ]:
     # Single device: each step's gradient is of the mean loss over the whole global batch.
     reference = CharLM(settings())
-    ref_opt = make_optimiser(opt_settings, reference.trainable_weights)
+    ref_opt = opt_settings.build(reference.trainable_weights, reference.parameters)
     for tokens in steps:
         with tf.GradientTape() as tape:
             loss = reference(tokens)["loss"]
@@ -583,7 +603,7 @@ for name, opt_settings in [
 
     with strategy.scope():
         model = CharLM(settings())
-        opt = make_optimiser(opt_settings, model.trainable_weights)
+        opt = opt_settings.build(model.trainable_weights, model.parameters)
 
     @tf.function
     def step(tokens):

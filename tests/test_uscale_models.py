@@ -10,7 +10,14 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
-from conftest import MODEL_VARIANTS, VOCAB, make_execution, model_settings, repeating_batch
+from conftest import (
+    MODEL_VARIANTS,
+    VOCAB,
+    make_execution,
+    model_settings,
+    repeating_batch,
+    unit_scaled,
+)
 
 from scmm.analysis import LOSS_GRADIENT_NAME, ScaleRecord, collect_scales
 from scmm.datasets.corpus import embedded_corpus
@@ -22,10 +29,10 @@ from scmm.models import (
     ResidualSettings,
     RNNSettings,
 )
-from scmm.training import AdamWSettings, Trainer, TrainingSettings, vector_learning_rate_scales
-from scmm.uscale import RELU_SCALES, constrain
-from scmm.uscale import layers as ulayers
-from scmm.uscale import rnn_ops
+from scmm.layers import ScaledLayer
+from scmm.schemes import UnitScalingSettings
+from scmm.training import AdamWSettings, Trainer, TrainingSettings
+from scmm.uscale import RELU_SCALES, constrain, rnn_ops
 
 PAPER_KINDS = {
     "attention-pre": (AttentionSettings(), "pre", 8),
@@ -45,7 +52,7 @@ def paper_model(kind: str, unit_scale: bool, seed: int = 1) -> CharLM:
         residual=ResidualSettings(norm=norm, weighting="mean"),  # type: ignore[arg-type]
         seed=seed,
     )
-    return CharLM(settings, unit_scale=unit_scale)
+    return CharLM(unit_scaled(settings) if unit_scale else settings)
 
 
 def text_batch() -> dict[str, np.ndarray]:
@@ -69,14 +76,19 @@ def test_unit_scaled_model_has_the_baseline_weight_names_and_shapes(kind: str) -
     settings = dataclasses.replace(
         model_settings(kind), residual=ResidualSettings(norm="pre", weighting="mean")
     )
-    base, unit = CharLM(settings), CharLM(settings, unit_scale=True)
+    base, unit = CharLM(settings), CharLM(unit_scaled(settings))
     assert {n: tuple(v.shape) for n, v in base.named_weights().items()} == {
         n: tuple(v.shape) for n, v in unit.named_weights().items()
     }
-    # The layers really are the unit-scaled twins.
-    assert isinstance(unit.embedding, ulayers.Embedding)
-    assert all(isinstance(block, ulayers.Residual) for block in unit.blocks)
-    assert isinstance(unit.head, ulayers.Projection)
+    # The same layer classes, every one computing with the unit-scaled op set.
+    scaled = [layer for layer in unit._flatten_layers() if isinstance(layer, ScaledLayer)]
+    assert len(scaled) > 5 and all(layer.ops.name == "unit" for layer in scaled)
+    assert [type(layer) for layer in unit._flatten_layers()] == [
+        type(layer) for layer in base._flatten_layers()
+    ]
+    assert {
+        layer.ops.name for layer in base._flatten_layers() if isinstance(layer, ScaledLayer)
+    } == {"plain"}
     # Weights load across the two (a baseline checkpoint initialises a unit-scaled model).
     unit.set_weight_arrays(base.get_weight_arrays())
 
@@ -195,12 +207,12 @@ def test_unit_scaled_models_fit_a_repeating_sequence(kind: str, norm: str) -> No
         model_settings(kind, norm=norm, seed=3),
         residual=ResidualSettings(norm=norm, weighting="mean"),  # type: ignore[arg-type]
     )
-    model = CharLM(settings, unit_scale=True)
+    model = CharLM(unit_scaled(settings))
     trainer = Trainer(
         model,
         TrainingSettings(optimiser=AdamWSettings(learning_rate=2**-6)),
         make_execution(xla=True),
-        learning_rate_scales=vector_learning_rate_scales(model.trainable_weights),
+        model.parameters,
     )
     losses = np.concatenate(
         [trainer.train(repeating_batch(pattern, 50, 4, 48, rng))["loss"] for _ in range(4)]
@@ -212,7 +224,7 @@ def test_unit_scaled_models_fit_a_repeating_sequence(kind: str, norm: str) -> No
 def test_unit_scaled_model_rejects_plain_residuals() -> None:
     settings: Any = model_settings("conv")  # weighting "plain"
     with pytest.raises(ValueError, match="weighting"):
-        CharLM(settings, unit_scale=True)
+        CharLM(dataclasses.replace(settings, scaling=UnitScalingSettings()))
 
 
 def assert_unit_model_is_baseline_with_folded_weights(
@@ -223,7 +235,7 @@ def assert_unit_model_is_baseline_with_folded_weights(
     ``fold`` multiplies each unit weight by every forward scale the unit-scaled graph applies
     to it (the FFN and head rules are shared here). Any unaccounted factor breaks the match.
     """
-    unit, base = CharLM(settings, unit_scale=True), CharLM(settings)
+    unit, base = CharLM(unit_scaled(settings)), CharLM(settings)
     hidden, inner = settings.hidden_size, 4 * settings.hidden_size
     relu_scale, _ = constrain(*RELU_SCALES, "gmean")
     effective = {}

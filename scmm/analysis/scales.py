@@ -12,7 +12,9 @@ returns a ``ScaleRecord`` for
   gradient the layer receives in the backward pass, in the same order, followed by
   ``"loss/logits"``: d loss / d logits (the gradient received by the ``head`` layer);
 - ``"weight_gradient"``: d loss / d w of every trainable weight, by its ``.path``, in
-  ``model.trainable_weights`` order (sparse embedding gradients are densified).
+  ``model.trainable_weights`` order (sparse embedding gradients are densified), times the
+  parameter's gradient factor when ``gradient_factors`` are given (as the trainer applies
+  them: the gradient the optimiser sees).
 
 How the outputs are captured: each sublayer's ``call`` is shadowed, for the duration of the
 pass only, by an instance attribute that calls the original bound method, ``tape.watch``-es the
@@ -51,6 +53,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..experiments.files import atomic_open
+from ..ops.kernels import scale_gradient
 
 PASSES = ("forward", "backward", "weight_gradient")
 LOSS_GRADIENT_NAME = "loss/logits"
@@ -312,6 +315,7 @@ def collect_scales(
     loss_key: str = "loss",
     logits_layer: str = "head",
     loss_scale: float = 1.0,
+    gradient_factors: Optional[Mapping[str, float]] = None,
 ) -> list[ScaleRecord]:
     """Scale records of one forward + backward pass on ``batch`` (see the module docstring).
 
@@ -338,7 +342,9 @@ def collect_scales(
         records.append(tensor_record(name, "backward", grad, step))
         if name == logits_layer:
             records.append(tensor_record(LOSS_GRADIENT_NAME, "backward", grad, step))
+    factors = gradient_factors or {}
     for variable, grad in zip(weights, grads["weights"]):
+        grad = scale_gradient(grad, factors.get(variable.path, 1.0))
         records.append(tensor_record(variable.path, "weight_gradient", grad, step))
     return records
 

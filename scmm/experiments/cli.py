@@ -19,7 +19,7 @@ import draccus
 import yaml
 
 from . import presets
-from .settings import ExperimentSettings, SettingsError, from_dict, to_dict
+from .settings import ExperimentSettings, SettingsError, from_dict, migrate, to_dict
 
 # Used when no --preset is given.
 DEFAULT_PRESET = "default"
@@ -214,7 +214,7 @@ def _parse_resume(options: argparse.Namespace, pairs: list[tuple[str, str]]) -> 
             )
     with open(path, encoding="utf-8") as file:
         stored = json.load(file)
-    settings = from_dict(merge(stored, overrides_to_tree(pairs)))
+    settings = from_dict(merge(migrate(stored), overrides_to_tree(pairs)))
     if options.out and os.path.abspath(options.out) != os.path.abspath(options.resume):
         raise SettingsError("--out must be the --resume folder (or omitted) when resuming")
     return Invocation(settings=settings, out=options.resume, resume=options.resume)

@@ -1,15 +1,14 @@
-"""Init-time passes of a run that look at one fixed batch: weight-gradient calibration and
-scale analysis. Each returns the metrics the runner logs."""
+"""Passes of a run that look at one fixed batch (weight-gradient calibration, scale analysis),
+and the fixed batch itself. Each pass returns the metrics the runner logs."""
 
 import os
-from typing import Any
+from typing import Any, Mapping
 
 import keras
 import numpy as np
 
 from .. import datasets
 from ..pedal import split_seed
-from ..uscale.calibration import calibrate_weight_gradients
 from .settings import ExperimentSettings
 
 
@@ -29,25 +28,20 @@ def fixed_batch(
     return {k: v[0] for k, v in stream.next(1).items()}  # (sequences, length)
 
 
-def calibrate(model: keras.layers.Layer, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Fix the weight-gradient factors on ``batch``; a summary of them (log2) for the log."""
-    factors = calibrate_weight_gradients(model, batch)
-    log2 = np.log2(np.array(list(factors.values())))
-    return {
-        "parameters": len(factors),
-        "log2_factor_min": float(log2.min()),
-        "log2_factor_median": float(np.median(log2)),
-        "log2_factor_max": float(log2.max()),
-    }
-
-
-def analyse(
-    model: keras.layers.Layer, batch: dict[str, np.ndarray], step: int, out_dir: str, title: str
+def analyse(  # pylint: disable=too-many-arguments
+    model: keras.layers.Layer,
+    batch: dict[str, np.ndarray],
+    step: int,
+    out_dir: str,
+    title: str,
+    gradient_factors: Mapping[str, float],
 ) -> dict[str, Any]:
-    """Scale statistics on ``batch`` -> OUT/scales.json (appended per step) and scales.png."""
+    """Scale statistics on ``batch`` -> OUT/scales.json (appended per step) and scales.png.
+
+    Weight gradients are recorded times their factors: the gradients the optimiser sees."""
     from .. import analysis  # matplotlib is only loaded when analysis is asked for
 
-    records = analysis.collect_scales(model, batch, step=step)
+    records = analysis.collect_scales(model, batch, step=step, gradient_factors=gradient_factors)
     path = os.path.join(out_dir, "scales.json")
     analysis.write_scales_json(path, records, append=os.path.exists(path))
     analysis.plot_scales(

@@ -1,40 +1,34 @@
-"""One experiment, end to end: settings -> data -> model -> training loop -> outputs.
+"""One experiment: wiring (settings -> data -> model and its scheme -> trainer -> trackers)
+plus a list of periodic hooks (``scmm.experiments.hooks``) run between compiled chunks.
 
-Outputs in the run folder: ``settings.json`` (the full resolved tree), ``log.jsonl`` (one
-record per line), ``summary.json`` (final metrics and status), ``checkpoints/{last,best}.npz``
-and, unless ``output.wandb=off``, a ``wandb/`` folder. Exit codes: 0 finished, 1 failed,
-2 bad input (nothing computed), 3 diverged (a non-finite loss or weight).
+Outputs in the run folder: ``settings.json`` (the full resolved tree), ``parameters.json``
+(every parameter's path, shape, role, fan-in, multipliers and effective learning rate),
+``log.jsonl`` (one record per line), ``summary.json`` (final metrics and status),
+``checkpoints/{last,best}.npz`` and, unless ``output.wandb=off``, a ``wandb/`` folder. Exit
+codes: 0 finished, 1 failed, 2 bad input (nothing computed), 3 diverged (a non-finite loss or
+weight).
 """
 
 import dataclasses
-import math
 import os
 import secrets
-import sys
 import time
 import traceback
 from typing import Any, Optional
 
-import numpy as np
 
 from .. import datasets
 from ..models import CharLM
+from ..parameters import ParameterTable
 from ..pedal import Execution, split_seed
-from ..training import NonFiniteError, Trainer, bits_per_character, vector_learning_rate_scales
-from ..uscale.calibration import set_weight_gradient_factors, weight_gradient_factors
+from ..training import NonFiniteError, Trainer, bits_per_character
 from . import checkpoints, diagnostics
 from .files import write_json
+from .hooks import Hook, chunk_length, run_due
 from .progress import Progress
+from .reporting import Throughput, chunk_metrics, parameters_record, print_summary
 from .settings import ExperimentSettings, to_dict
-from .trackers import (
-    CompositeTracker,
-    JsonlTracker,
-    SafeTracker,
-    Tracker,
-    WandbTracker,
-    truncate_log,
-    wandb_logged_in,
-)
+from .trackers import Tracker, open_trackers, truncate_log
 
 EXIT_FINISHED, EXIT_FAILED, EXIT_USAGE, EXIT_DIVERGED = 0, 1, 2, 3
 
@@ -56,20 +50,6 @@ def resolve_seeds(settings: ExperimentSettings) -> ExperimentSettings:
     )
 
 
-@dataclasses.dataclass
-class Throughput:
-    """Training tokens and seconds, excluding calls that compiled a new loop shape."""
-
-    tokens: float = 0.0
-    seconds: float = 0.0
-    compile_seconds: float = 0.0
-
-    @property
-    def tokens_per_second(self) -> float:
-        """Training throughput (NaN before the first measured call)."""
-        return self.tokens / self.seconds if self.seconds > 0 else float("nan")
-
-
 class Experiment:  # pylint: disable=too-many-instance-attributes
     """Set up in ``__init__`` (errors there are bad input); ``run()`` trains."""
 
@@ -88,23 +68,14 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         self.execution = Execution(self.settings.execution)
         assert self.settings.seed is not None
         with self.execution.scope():
-            self.model = CharLM(
-                self.settings.model,
-                master_weights=self.settings.training.weights == "master",
-                unit_scale=self.settings.unit_scale,
-            )
-            # Unit-scaled models: vector parameters' learning rate / sqrt(size), as in the paper.
-            scales = (
-                vector_learning_rate_scales(self.model.trainable_weights)
-                if self.settings.unit_scale
-                else None
-            )
+            self.model = CharLM(self.settings.model)  # the scheme comes with the model
             self.trainer = Trainer(
                 self.model,
                 self.settings.training,
                 self.execution,
+                self.model.parameters,
+                weights=self.settings.model.weights,
                 seed=split_seed(self.settings.seed, "rounding"),
-                learning_rate_scales=scales,
             )
         self.stream = datasets.TrainBatchStream(
             self.dataset.splits["train"],
@@ -120,6 +91,24 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         self.divergence: dict[str, Any] = {}
         self.started = time.time()
         self.tracker: Optional[Tracker] = None
+        self.progress: Optional[Progress] = None
+        self.hooks = self._hooks()
+
+    def _hooks(self) -> list[Hook]:
+        """The periodic actions, in the order they run after a chunk."""
+        interval = self.settings.training.valid_interval
+        hooks = [
+            Hook("progress", 1, self._show_progress, ends_chunk=False),
+            Hook("validation", interval, self._validate, at_end=True),
+        ]
+        if self.settings.output.analyse == "validation":
+            hooks.append(Hook("analysis", interval, self._analyse, at_end=True))
+        return hooks
+
+    @property
+    def parameters(self) -> ParameterTable:
+        """The model's per-parameter table (multipliers, gradient factors)."""
+        return self.model.parameters
 
     def _set_vocab_size(self) -> None:
         vocab = self.dataset.vocab.size
@@ -134,45 +123,6 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
 
     # Outputs ---------------------------------------------------------------------------------
 
-    def _open_trackers(self) -> Tracker:
-        log_path = os.path.join(self.out_dir, "log.jsonl")
-        trackers: list[Tracker] = [JsonlTracker(log_path)]
-        mode = self.settings.output.wandb
-        if mode != "off":
-            if mode == "auto":
-                mode = "online" if wandb_logged_in() else "offline"
-            meta = self.settings.metadata
-            id_path = os.path.join(self.out_dir, "wandb_id.txt")
-            run_id = None
-            if self.resume and os.path.exists(id_path):
-                with open(id_path, encoding="utf-8") as file:
-                    run_id = file.read().strip()
-            wandb_tracker = SafeTracker(None, f"WandB ({mode})")
-            try:
-                inner = WandbTracker(
-                    mode,
-                    self.out_dir,
-                    to_dict(self.settings),
-                    self.settings.output.wandb_project,
-                    self.settings.output.wandb_entity,
-                    meta.name or os.path.basename(os.path.abspath(self.out_dir)),
-                    meta.tags,
-                    meta.group,
-                    meta.notes,
-                    run_id=run_id,
-                )
-                wandb_tracker.inner = inner
-                with open(id_path, "w", encoding="utf-8") as file:
-                    file.write(inner.run.id)
-            except Exception as error:  # pylint: disable=broad-except
-                print(
-                    f"warning: WandB ({mode}) could not start ({type(error).__name__}: {error});"
-                    " logging to JSONL only",
-                    file=sys.stderr,
-                )
-            trackers.append(wandb_tracker)
-        return CompositeTracker(trackers)
-
     def _log(self, kind: str, step: int, **metrics: Any) -> None:
         assert self.tracker is not None
         self.tracker.log({"kind": kind, "step": step, **metrics})
@@ -184,7 +134,7 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
             "best_valid_loss": self.best_valid_loss,
             "seed": self.settings.seed,
             "throughput": dataclasses.asdict(self.throughput),
-            "weight_gradient_factors": weight_gradient_factors(self.model),
+            "scheme": self.model.scheme.state(self.parameters),
         }
 
     def _save_checkpoint(self, improved: bool) -> None:
@@ -209,9 +159,17 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         self.stream.set_state(state["stream"])
         self.best_valid_loss = float(state["best_valid_loss"])
         self.throughput = Throughput(**state["throughput"])
-        if "weight_gradient_factors" in state:
-            set_weight_gradient_factors(self.model, state["weight_gradient_factors"])
+        if "scheme" in state:
+            self.model.scheme.restore(self.parameters, state["scheme"])
+        elif "weight_gradient_factors" in state:  # a checkpoint written before schemes
+            self.parameters.set_gradient_factors(state["weight_gradient_factors"])
         return int(state["step"])
+
+    def _write_parameters(self) -> None:
+        record = parameters_record(
+            self.parameters, self.settings.training.optimiser, self.model.scheme.name
+        )
+        write_json(os.path.join(self.out_dir, "parameters.json"), record)
 
     # Training --------------------------------------------------------------------------------
 
@@ -232,17 +190,20 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         return result
 
     def _calibrate(self) -> None:
-        """Fix the weight-gradient factors on a batch of their own (before anything traces)."""
+        """The scheme's init-time calibration on a batch of its own (before anything traces)."""
         batch = diagnostics.fixed_batch(self.dataset, self.settings, "calibration")
         with self.execution.scope():
-            self._log("calibration", 0, **diagnostics.calibrate(self.model, batch))
+            metrics = self.model.scheme.calibrate(self.model, batch, self.parameters)
+        self._log("calibration", 0, **metrics)
 
     def _analyse(self, step: int) -> None:
         """Scale statistics on a fixed training batch -> scales.json (all steps) and scales.png."""
         batch = diagnostics.fixed_batch(self.dataset, self.settings, "analysis")
         title = f"{self.settings.metadata.name or os.path.basename(self.out_dir)}: tensor scales"
         with self.execution.scope():
-            metrics = diagnostics.analyse(self.model, batch, step, self.out_dir, title)
+            metrics = diagnostics.analyse(
+                self.model, batch, step, self.out_dir, title, self.parameters.gradient_factors()
+            )
         self._log("analysis", step, **metrics)
 
     def _train_chunk(self, count: int, seen_counts: set[int]) -> dict[str, float]:
@@ -250,52 +211,46 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         start = time.time()
         results = self.trainer.train(batch)
         elapsed = time.time() - start
-        tokens = float(np.sum(results["n_tokens"]))
+        metrics = chunk_metrics(results, elapsed)
         if count in seen_counts:
-            self.throughput.tokens += tokens
+            self.throughput.tokens += metrics["tokens"]
             self.throughput.seconds += elapsed
         else:  # this call traced and compiled the loop for a new count
             seen_counts.add(count)
             self.throughput.compile_seconds += elapsed
-        mean_loss = float(np.mean(results["loss"]))
-        metrics = {
-            "loss": mean_loss,
-            "bpc": bits_per_character(mean_loss),
-            "loss_last": float(results["loss"][-1]),
-            "learning_rate": float(results["learning_rate"][-1]),
-            "tokens": tokens,
-            "tokens_per_second": tokens / elapsed,
-            "hidden_rms": float(results["hidden_rms"][-1]),
-            "logits_rms": float(results["logits_rms"][-1]),
-            "loss_scale": float(results["loss_scale"][-1]),
-            "skipped_steps": int(np.sum(results["skipped"])),
-            "steps": count,
-        }
         self.last_metrics = metrics
         self._log("train_step", self.trainer.step, **metrics)
         return metrics
 
-    def _loop(self, progress: Progress) -> None:
+    def _show_progress(self, step: int) -> None:
+        assert self.progress is not None
+        metrics = self.last_metrics
+        shown = {"loss": metrics["loss"], "bpc": metrics["bpc"]}
+        shown["tok/s"] = metrics["tokens_per_second"]
+        self.progress.update(step, shown)
+
+    def _validate(self, step: int) -> None:
+        """Validation loss, then the checkpoint (best.npz when it improved)."""
+        valid = self._evaluate("valid", step)
+        improved = valid["loss"] < self.best_valid_loss
+        self.best_valid_loss = min(self.best_valid_loss, valid["loss"])
+        self._save_checkpoint(improved)
+        assert self.progress is not None
+        self.progress.message(f"step {step}: valid bpc {valid['bpc']:.4f}")
+        metrics = self.last_metrics
+        shown = {"loss": metrics["loss"], "bpc": metrics["bpc"]}
+        shown["tok/s"] = metrics["tokens_per_second"]
+        self.progress.update(step, {**shown, "valid_bpc": valid["bpc"]}, force=True)
+
+    def _loop(self) -> None:
         training = self.settings.training
         seen_counts: set[int] = set()
         step = self.trainer.step
         while step < training.steps:
-            next_valid = (step // training.valid_interval + 1) * training.valid_interval
-            count = min(training.iterations_per_loop, training.steps - step, next_valid - step)
-            metrics = self._train_chunk(count, seen_counts)
+            count = chunk_length(step, training.steps, training.iterations_per_loop, self.hooks)
+            self._train_chunk(count, seen_counts)
             step = self.trainer.step
-            shown = {"loss": metrics["loss"], "bpc": metrics["bpc"]}
-            shown["tok/s"] = metrics["tokens_per_second"]
-            progress.update(step, shown)
-            if step % training.valid_interval == 0 or step == training.steps:
-                valid = self._evaluate("valid", step)
-                improved = valid["loss"] < self.best_valid_loss
-                self.best_valid_loss = min(self.best_valid_loss, valid["loss"])
-                self._save_checkpoint(improved)
-                if self.settings.output.analyse == "validation":
-                    self._analyse(step)
-                progress.message(f"step {step}: valid bpc {valid['bpc']:.4f}")
-                progress.update(step, {**shown, "valid_bpc": valid["bpc"]}, force=True)
+            run_due(self.hooks, step, training.steps)
 
     def _summary(self, status: str) -> dict[str, Any]:
         step = self.divergence["step"] - 1 if self.divergence else self.trainer.step
@@ -333,13 +288,13 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
             start_step = self._restore()
             truncate_log(os.path.join(self.out_dir, "log.jsonl"), start_step)
         write_json(os.path.join(self.out_dir, "settings.json"), to_dict(self.settings))
-        self.tracker = self._open_trackers()
+        self.tracker = open_trackers(self.settings, self.out_dir, self.resume)
         if self.resume:
             self._log("resume", start_step)
         else:
             self._log("settings", 0, settings=to_dict(self.settings))
             self._log("stats", 0, **self._stats())
-        progress = Progress(
+        self.progress = progress = Progress(
             self.settings.output.progress,
             self.settings.training.steps,
             start_step,
@@ -347,12 +302,12 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         )
         status, code = "finished", EXIT_FINISHED
         try:
-            calibrates = self.settings.unit_scale and self.settings.calibrate_weight_gradients
-            if calibrates and start_step == 0:
+            if self.model.scheme.calibrates and start_step == 0:
                 self._calibrate()
+            self._write_parameters()
             if self.settings.output.analyse != "off" and start_step == 0:
                 self._analyse(0)
-            self._loop(progress)
+            self._loop()
             step = self.trainer.step
             if "valid" not in self.results:
                 self._evaluate("valid", step)
@@ -398,18 +353,3 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
             "device": self.execution.description,
             "seed": self.settings.seed,
         }
-
-
-def print_summary(summary: dict[str, Any]) -> None:
-    """A few lines on stdout at the end of a run."""
-
-    def fmt(key: str, spec: str = ".4f") -> str:
-        value = summary.get(key)
-        return format(value, spec) if isinstance(value, float) and math.isfinite(value) else "n/a"
-
-    print(
-        f"{summary['status']} at step {summary['step']}: train bpc {fmt('train_bpc')},"
-        f" valid bpc {fmt('valid_bpc')}, test bpc {fmt('test_bpc')},"
-        f" {fmt('tokens_per_second', '.0f')} tokens/s"
-    )
-    print(f"outputs: {summary['out_dir']}")

@@ -4,6 +4,7 @@ The whole tree is written to ``settings.json`` beside every run and checkpoint, 
 WandB config, and can be set field by field from the command line by dotted path.
 """
 
+import copy
 import dataclasses
 import os
 from typing import Any, Literal, Optional
@@ -60,13 +61,6 @@ class ExperimentSettings:
     data: DataSettings = dataclasses.field(default_factory=DataSettings)
     model: ModelSettings = dataclasses.field(default_factory=ModelSettings)
     training: TrainingSettings = dataclasses.field(default_factory=TrainingSettings)
-    unit_scale: bool = False
-    """Use the unit-scaled twin of every layer (scmm.uscale)."""
-    calibrate_weight_gradients: bool = True
-    """Unit-scaled models: before step 0, measure every parameter's gradient RMS on one
-    training batch and fix a per-parameter factor making it 1 (scmm.uscale.calibration).
-    A cut edge: the model, its activation gradients and Adam's updates are unchanged. False
-    keeps the analytic rows^-1/2 scales. Ignored for regular models."""
     execution: ExecutionSettings = dataclasses.field(default_factory=ExecutionSettings)
     output: OutputSettings = dataclasses.field(default_factory=OutputSettings)
     metadata: MetadataSettings = dataclasses.field(default_factory=MetadataSettings)
@@ -80,11 +74,6 @@ class ExperimentSettings:
         self.data.validate()
         self.model.validate()
         self.training.validate()
-        if self.unit_scale and self.model.residual.weighting == "plain":
-            raise ValueError(
-                "unit_scale=true needs model.residual.weighting fixed or mean, got 'plain'"
-                " (x + f(x) grows the residual stream, so it has no unit-scaled form)"
-            )
         if self.seed is not None and not 0 <= self.seed < 2**31:
             raise ValueError(f"seed must be in [0, 2^31), got {self.seed}")
         if self.output.train_eval_chars < self.data.sequence_length:
@@ -119,8 +108,61 @@ def to_dict(settings: ExperimentSettings) -> dict[str, Any]:
     return encoded
 
 
+# Settings that moved (old dotted path -> its new spelling). Given anew they are an error that
+# names the new spelling; a stored settings tree of an older run is migrated (``migrate``).
+MOVED = {
+    "unit_scale": "--model.scaling.type unit (or regular)",
+    "calibrate_weight_gradients": "--model.scaling.calibrate (with --model.scaling.type unit)",
+    "training.weights": "--model.weights",
+}
+
+
+def _pop_path(tree: dict[str, Any], path: str) -> Any:
+    *parents, leaf = path.split(".")
+    node: Any = tree
+    for part in parents:
+        node = node.get(part)
+        if not isinstance(node, dict):
+            return _MISSING
+    return node.pop(leaf, _MISSING)
+
+
+_MISSING = object()
+
+
+def check_moved(tree: dict[str, Any]) -> None:
+    """Raise ``SettingsError`` naming the new spelling of any moved setting in ``tree``."""
+    for path, spelling in MOVED.items():
+        probe: Any = tree
+        for part in path.split("."):
+            probe = probe.get(part, _MISSING) if isinstance(probe, dict) else _MISSING
+        if probe is not _MISSING:
+            raise SettingsError(f"setting {path!r} was replaced; use {spelling}")
+
+
+def migrate(tree: dict[str, Any]) -> dict[str, Any]:
+    """A settings tree written by an older scmm (e.g. a run folder's settings.json) in the
+    current spelling: unit_scale/calibrate_weight_gradients become model.scaling, and
+    training.weights becomes model.weights."""
+    tree = copy.deepcopy(tree)
+    unit = _pop_path(tree, "unit_scale")
+    calibrate = _pop_path(tree, "calibrate_weight_gradients")
+    weights = _pop_path(tree, "training.weights")
+    model = tree.setdefault("model", {})
+    if unit is True:
+        model["scaling"] = {"type": "unit"}
+        if calibrate is not _MISSING:
+            model["scaling"]["calibrate"] = calibrate
+    elif unit is False:
+        model["scaling"] = {"type": "regular"}
+    if weights is not _MISSING:
+        model["weights"] = weights
+    return tree
+
+
 def from_dict(data: dict[str, Any]) -> ExperimentSettings:
     """Strict decode: unknown keys, wrong types and unknown choices raise ``SettingsError``."""
+    check_moved(data)
     try:
         return draccus.decode(ExperimentSettings, data)
     except (draccus.utils.DecodingError, draccus.utils.ParsingError) as error:

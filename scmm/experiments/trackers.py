@@ -14,6 +14,7 @@ import time
 from typing import Any, Optional, Protocol, Sequence
 
 from .files import atomic_open, read_jsonl
+from .settings import ExperimentSettings, to_dict
 
 
 def _json_safe(value: Any) -> Any:
@@ -199,3 +200,48 @@ class CompositeTracker:
         """Close the tracker."""
         for tracker in self.trackers:
             tracker.finish(status)
+
+
+def open_trackers(settings: ExperimentSettings, out_dir: str, resume: bool) -> Tracker:
+    """The run's trackers: ``log.jsonl`` always, WandB unless ``output.wandb=off``.
+
+    WandB that cannot start is reported once on stderr and left out; a resumed run continues
+    the WandB run whose id ``wandb_id.txt`` in the run folder holds.
+    """
+    trackers: list[Tracker] = [JsonlTracker(os.path.join(out_dir, "log.jsonl"))]
+    mode = settings.output.wandb
+    if mode == "off":
+        return CompositeTracker(trackers)
+    if mode == "auto":
+        mode = "online" if wandb_logged_in() else "offline"
+    meta = settings.metadata
+    id_path = os.path.join(out_dir, "wandb_id.txt")
+    run_id = None
+    if resume and os.path.exists(id_path):
+        with open(id_path, encoding="utf-8") as file:
+            run_id = file.read().strip()
+    wandb_tracker = SafeTracker(None, f"WandB ({mode})")
+    try:
+        inner = WandbTracker(
+            mode,
+            out_dir,
+            to_dict(settings),
+            settings.output.wandb_project,
+            settings.output.wandb_entity,
+            meta.name or os.path.basename(os.path.abspath(out_dir)),
+            meta.tags,
+            meta.group,
+            meta.notes,
+            run_id=run_id,
+        )
+        wandb_tracker.inner = inner
+        with open(id_path, "w", encoding="utf-8") as file:
+            file.write(inner.run.id)
+    except Exception as error:  # pylint: disable=broad-except
+        print(
+            f"warning: WandB ({mode}) could not start ({type(error).__name__}: {error});"
+            " logging to JSONL only",
+            file=sys.stderr,
+        )
+    trackers.append(wandb_tracker)
+    return CompositeTracker(trackers)

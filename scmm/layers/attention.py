@@ -5,68 +5,26 @@ score(i, j) = (q_i · k_j + q_i · p_{i-j}) / sqrt(head_size),  for j <= i (caus
 where p_r = W_pos · e_r is a learned per-head projection of a fixed sinusoid embedding e_r of
 the relative distance r = i - j (``frequencies`` sin/cos pairs, periods geometric from 4
 characters to ``max_period``). The positional term is computed once per (query, distance)
-pair and moved to (query, key) layout with the "relative shift" reshape trick, which avoids an
-O(seq^2 x head) gather of position keys.
+pair and moved to (query, key) layout with the "relative shift" reshape trick
+(``scmm.ops.kernels``), which avoids an O(seq^2 x head) gather of position keys.
 """
 
 from typing import Any
 
-import numpy as np
+import keras
 import tensorflow as tf
 
-from .. import precision
-from .core import SeededLayer, seeded_normal
-
-# Large enough to zero a softmax term, small enough to stay finite in float16 (max 65504).
-MASK_VALUE = -3.0e4
+from ..ops.kernels import sinusoid_embedding
+from .base import ScaledLayer
 
 
-MIN_PERIOD = 4.0
-
-
-def sinusoid_embedding(length: int, frequencies: int, max_period: float) -> np.ndarray:
-    """Sin/cos features of distances 0..length-1: (length, 2 * frequencies), float32.
-
-    Periods are geometric from 4 characters to ``max_period``. Periods of 2 or less would alias
-    (sin(pi r) = 0 for every integer r), leaving features whose weights get only noise.
-    """
-    if max_period < MIN_PERIOD or frequencies < 1:
-        raise ValueError(
-            f"expected max_period >= {MIN_PERIOD} and frequencies >= 1,"
-            f" got {max_period} and {frequencies}"
-        )
-    exponent = np.arange(frequencies, dtype=np.float64) / max(frequencies - 1, 1)
-    periods = MIN_PERIOD * (max_period / MIN_PERIOD) ** exponent  # (frequencies,)
-    angles = np.arange(length, dtype=np.float64)[:, None] * (2 * np.pi / periods)[None, :]
-    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1).astype(np.float32)
-
-
-def relative_shift(scores: tf.Tensor) -> tf.Tensor:
-    """Move relative-position scores to (query, key) layout.
-
-    scores: (..., queries, keys) for the last ``queries`` of ``keys`` positions, where
-    scores[..., i, m] is for distance d = keys - 1 - m. Returns (..., queries, keys) with
-    out[..., i, j] = scores[..., i, queries - 1 - i + j], the score for distance
-    (keys - queries + i) - j. Entries with j beyond the causal limit are meaningless (masked by
-    the caller). Padding one zero column on the left makes this a flat slice: the wanted
-    element of row i sits at flat offset i * keys + j + queries.
-    """
-    shape = tf.shape(scores)
-    queries, keys = scores.shape[-2], scores.shape[-1]
-    lead = shape[:-2]
-    padded = tf.pad(scores, [[0, 0]] * (len(scores.shape) - 1) + [[1, 0]])  # (..., q, k+1)
-    flat = tf.reshape(padded, tf.concat([lead, [queries * (keys + 1)]], axis=0))
-    return tf.reshape(flat[..., queries : queries + queries * keys], shape)
-
-
-def _chunk_bounds(length: int, chunk: int) -> list[tuple[int, int]]:
-    """[(start, stop)] covering range(length) in pieces of at most ``chunk``."""
-    return [(start, min(start + chunk, length)) for start in range(0, length, max(chunk, 1))]
-
-
-class Attention(SeededLayer):
+@keras.saving.register_keras_serializable(package="scmm")
+class Attention(ScaledLayer):
     """Causal multi-head self-attention with relative sinusoid position scores.
 
+    Weights: ``qkv`` (hidden_size, 3, heads, head_size), fan-in hidden_size; ``positional``
+    (2 frequencies, heads, head_size), fan-in 2 frequencies; ``output_kernel`` (heads,
+    head_size, hidden_size), fan-in heads x head_size; ``output_bias`` (hidden_size,).
     ``query_chunk`` only changes how the computation is split (results are equal up to float
     rounding): queries are processed in chunks that attend to keys up to the chunk's end.
     """
@@ -90,61 +48,29 @@ class Attention(SeededLayer):
         self.max_period = max_period
 
     def build(self, input_shape: Any = None) -> None:
-        self.qkv = self.add_weight(
-            name="qkv",
-            shape=(self.hidden_size, 3, self.heads, self.head_size),
-            initializer=seeded_normal(self.weight_seed(0), self.hidden_size**-0.5),
+        h, heads, hs, f = self.hidden_size, self.heads, self.head_size, 2 * self.frequencies
+        self.qkv = self.add_parameter("qkv", (h, 3, heads, hs), "weight", fan_in=h)
+        self.positional = self.add_parameter(
+            "positional", (f, heads, hs), "weight", fan_in=f, seed_index=1
         )
-        self.positional = self.add_weight(
-            name="positional",
-            shape=(2 * self.frequencies, self.heads, self.head_size),
-            initializer=seeded_normal(self.weight_seed(1), (2 * self.frequencies) ** -0.5),
+        self.output_kernel = self.add_parameter(
+            "output_kernel", (heads, hs, h), "weight", fan_in=heads * hs, seed_index=2
         )
-        self.output_kernel = self.add_weight(
-            name="output_kernel",
-            shape=(self.heads, self.head_size, self.hidden_size),
-            initializer=seeded_normal(self.weight_seed(2), (self.heads * self.head_size) ** -0.5),
-        )
-        self.output_bias = self.add_weight(
-            name="output_bias", shape=(self.hidden_size,), initializer="zeros"
-        )
+        self.output_bias = self.add_parameter("output_bias", (h,), "bias", init="zeros")
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
         # x: (batch, seq, hidden)
-        dtype = x.dtype
-        seq = x.shape[1]
-        if seq is None:
-            raise ValueError("Attention needs a static sequence length")
-        qkv = precision.einsum(
-            "bsh,hkna->kbnsa", x, tf.cast(self.qkv, dtype)
-        )  # (3, b, heads, s, hs)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-
-        # Position keys for distances seq-1 ... 0 (reversed, as relative_shift expects).
+        batch, seq = x.shape[0], x.shape[1]
+        if batch is None or seq is None:
+            raise ValueError(f"Attention needs static batch and sequence sizes, got {x.shape}")
+        ops = self.ops
+        q, k, v = ops.qkv_projection(x, self.qkv)  # each (b, heads, s, hs)
+        # Position keys for distances seq-1 ... 0 (reversed, as the relative shift expects).
         embedding = sinusoid_embedding(seq, self.frequencies, self.max_period)[::-1].copy()
-        pos_keys = precision.einsum(
-            "rf,fna->nra", tf.constant(embedding, dtype), tf.cast(self.positional, dtype)
-        )  # (heads, seq, hs)
-
-        # Causal attention in query chunks: chunk c only needs keys up to its last query, which
-        # skips most upper-triangle blocks (37.5% of the score FLOPs with 4 chunks of 64).
-        mixed = []
-        for start, stop in _chunk_bounds(seq, self.query_chunk):
-            q_c = q[:, :, start:stop]  # (b, heads, chunk, hs)
-            content = precision.einsum(
-                "bnia,bnja->bnij", q_c, k[:, :, :stop], "activation"
-            )  # (b, heads, chunk, stop)
-            position = relative_shift(
-                precision.einsum("bnia,nra->bnir", q_c, pos_keys[:, seq - stop :], "activation")
-            )  # (b, heads, chunk, stop)
-            scores = (content + position) * tf.cast(self.head_size**-0.5, dtype)
-            causal = np.arange(stop)[None, :] <= np.arange(start, stop)[:, None]
-            scores = tf.where(tf.constant(causal), scores, tf.cast(MASK_VALUE, dtype))
-            weights = tf.nn.softmax(scores, axis=-1)
-            mixed.append(precision.einsum("bnij,bnja->bina", weights, v[:, :, :stop], "activation"))
-        mixed_all = mixed[0] if len(mixed) == 1 else tf.concat(mixed, axis=1)  # (b, s, heads, hs)
-        out = precision.einsum("bina,nah->bih", mixed_all, tf.cast(self.output_kernel, dtype))
-        return out + tf.cast(self.output_bias, dtype)  # (b, s, hidden)
+        pos_keys = ops.positional_keys(embedding, self.positional, batch, x.dtype)
+        mixed = ops.attention(q, k, v, pos_keys, self.query_chunk)  # (b, s, heads, hs)
+        out = ops.projection(mixed, self.output_kernel, axes=2)  # (b, s, hidden)
+        return ops.add_bias(out, self.output_bias)
 
     def get_config(self) -> dict[str, Any]:
         return {

@@ -1,46 +1,25 @@
-"""Baseline building blocks: seeded initialisers, embedding, shift, layer norm, projection.
+"""Building blocks: token embedding, sequence shift, layer norm, projection.
 
-Every layer follows the Keras 3 contract (weights created in ``build`` with ``add_weight``,
-``get_config`` round-trips the constructor) but computes with plain TF ops: they compile well
-under XLA and keep the numerics explicit. Weights are created by name so that a model's
-variables have stable paths (``trunk/block_0_sequence/mixer/qkv``) used by checkpoints.
+Every layer follows the Keras 3 contract (weights created in ``build``, ``get_config``
+round-trips the constructor, registered serialisable under the package "scmm") and computes
+with the op set named by ``ops``. Weight paths are stable (``embedding/embeddings``,
+``layer_0_sequence/norm/gamma``): checkpoints and the per-parameter table use them.
 """
 
-from typing import Any, Optional
+from typing import Any
 
 import keras
 import tensorflow as tf
 
-from .. import precision
+from .base import ScaledLayer
 
 
-def seeded_normal(seed: int, stddev: float) -> keras.initializers.Initializer:
-    """Normal initialiser with its own seed, so weights never depend on creation order."""
-    return keras.initializers.RandomNormal(mean=0.0, stddev=stddev, seed=seed)
+@keras.saving.register_keras_serializable(package="scmm")
+class Embedding(ScaledLayer):
+    """Token embedding: ids (batch, seq) -> (batch, seq, hidden).
 
-
-def seeded_uniform(seed: int, limit: float) -> keras.initializers.Initializer:
-    """Uniform(-limit, limit) initialiser with its own seed."""
-    return keras.initializers.RandomUniform(minval=-limit, maxval=limit, seed=seed)
-
-
-class SeededLayer(keras.layers.Layer):
-    """A layer whose k-th weight is initialised from ``seed + k`` (deterministic init)."""
-
-    def __init__(self, seed: int = 0, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.seed = seed
-
-    def weight_seed(self, index: int) -> int:
-        """The seed of this layer's ``index``-th random weight."""
-        return int(self.seed) * 1009 + index
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "seed": self.seed}
-
-
-class Embedding(SeededLayer):
-    """Token embedding: ids (batch, seq) -> (batch, seq, hidden), table initialised N(0, 1)."""
+    Weight ``embeddings`` (vocab_size, hidden_size), initialised N(0, 1) in every op set.
+    """
 
     def __init__(self, vocab_size: int, hidden_size: int, **kwargs: Any):
         super().__init__(**kwargs)
@@ -48,15 +27,12 @@ class Embedding(SeededLayer):
         self.hidden_size = hidden_size
 
     def build(self, input_shape: Any = None) -> None:
-        self.embeddings = self.add_weight(
-            name="embeddings",
-            shape=(self.vocab_size, self.hidden_size),
-            initializer=seeded_normal(self.weight_seed(0), 1.0),
+        self.embeddings = self.add_parameter(
+            "embeddings", (self.vocab_size, self.hidden_size), "embedding", init="unit_normal"
         )
 
     def call(self, tokens: tf.Tensor) -> tf.Tensor:
-        table = tf.convert_to_tensor(self.embeddings)
-        return tf.gather(table, tokens)  # (batch, seq, hidden)
+        return self.ops.embedding_lookup(self.embeddings, tokens, self.compute_dtype)
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -66,11 +42,12 @@ class Embedding(SeededLayer):
         }
 
 
-class Shift(SeededLayer):
+@keras.saving.register_keras_serializable(package="scmm")
+class Shift(ScaledLayer):
     """Shift the sequence right by one, filling position 0 with a learned padding vector.
 
     After the shift, position t holds the embedding of character t-1, so a causal trunk
-    predicts character t from characters before t only.
+    predicts character t from characters before t only. Weight ``padding`` (hidden_size,).
 
     The padding is initialised N(0, 1) like an embedding row, not zeros: a zero vector at
     position 0 has zero variance, and layer norm's gradient there is amplified by
@@ -82,27 +59,22 @@ class Shift(SeededLayer):
         self.hidden_size = hidden_size
 
     def build(self, input_shape: Any = None) -> None:
-        self.padding = self.add_weight(
-            name="padding",
-            shape=(self.hidden_size,),
-            initializer=seeded_normal(self.weight_seed(0), 1.0),
+        self.padding = self.add_parameter(
+            "padding", (self.hidden_size,), "embedding", init="unit_normal"
         )
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
-        # x: (batch, seq, hidden)
-        pad = tf.cast(self.padding, x.dtype)
-        pad = tf.broadcast_to(pad, tf.stack([tf.shape(x)[0], 1, self.hidden_size]))
-        return tf.concat([pad, x[:, :-1, :]], axis=1)
+        return self.ops.shift_right(x, self.padding)  # (batch, seq, hidden)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "hidden_size": self.hidden_size}
 
 
-class LayerNorm(keras.layers.Layer):
-    """Layer norm over the last axis whose statistics are computed in float32.
+@keras.saving.register_keras_serializable(package="scmm")
+class LayerNorm(ScaledLayer):
+    """Layer norm over the last axis, statistics in float32 (float16 squares overflow).
 
-    In float16 a squared activation of 1e4 already overflows (max 65504), so the mean and
-    variance are always taken in float32 and only the normalised result is cast back.
+    Weights ``gamma`` (gain, ones) and ``beta`` (offset, zeros), each (hidden_size,).
     """
 
     def __init__(self, hidden_size: int, epsilon: float = 1e-5, **kwargs: Any):
@@ -111,54 +83,56 @@ class LayerNorm(keras.layers.Layer):
         self.epsilon = epsilon
 
     def build(self, input_shape: Any = None) -> None:
-        self.gamma = self.add_weight(name="gamma", shape=(self.hidden_size,), initializer="ones")
-        self.beta = self.add_weight(name="beta", shape=(self.hidden_size,), initializer="zeros")
+        self.gamma = self.add_parameter("gamma", (self.hidden_size,), "gain", init="ones")
+        self.beta = self.add_parameter("beta", (self.hidden_size,), "offset", init="zeros")
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
-        x32 = tf.cast(x, tf.float32)
-        mean, variance = tf.nn.moments(x32, axes=[-1], keepdims=True)
-        normed = tf.cast((x32 - mean) * tf.math.rsqrt(variance + self.epsilon), x.dtype)
-        return normed * tf.cast(self.gamma, x.dtype) + tf.cast(self.beta, x.dtype)
+        return self.ops.layer_norm(x, self.gamma, self.beta, self.epsilon)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "hidden_size": self.hidden_size, "epsilon": self.epsilon}
 
 
-class Projection(SeededLayer):
-    """Dense projection (..., in) -> (..., out) with weight init N(0, 1/in) and optional bias."""
+@keras.saving.register_keras_serializable(package="scmm")
+class Projection(ScaledLayer):
+    """Dense projection (..., input_size) -> (..., output_size) with optional bias.
+
+    Weights ``kernel`` (input_size, output_size), fan-in input_size, role ``kernel_role``
+    ("weight"; the model's output layer uses "readout"), and ``bias`` (output_size,).
+    """
 
     def __init__(
         self,
         input_size: int,
         output_size: int,
         use_bias: bool = True,
-        init_scale: Optional[float] = None,
+        kernel_role: str = "weight",
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        if kernel_role not in ("weight", "readout"):
+            raise ValueError(f"Projection kernel_role must be weight|readout, got {kernel_role!r}")
         self.input_size = input_size
         self.output_size = output_size
         self.use_bias = use_bias
-        self.init_scale = init_scale
+        self.kernel_role = kernel_role
 
     def build(self, input_shape: Any = None) -> None:
-        stddev = self.init_scale if self.init_scale is not None else self.input_size**-0.5
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(self.input_size, self.output_size),
-            initializer=seeded_normal(self.weight_seed(0), stddev),
+        self.kernel = self.add_parameter(
+            "kernel",
+            (self.input_size, self.output_size),
+            "readout" if self.kernel_role == "readout" else "weight",
+            fan_in=self.input_size,
         )
         self.bias = (
-            self.add_weight(name="bias", shape=(self.output_size,), initializer="zeros")
+            self.add_parameter("bias", (self.output_size,), "bias", init="zeros")
             if self.use_bias
             else None
         )
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
-        y = precision.tensordot(x, tf.cast(self.kernel, x.dtype))
-        if self.bias is not None:
-            y = y + tf.cast(self.bias, x.dtype)
-        return y
+        y = self.ops.projection(x, self.kernel)
+        return self.ops.add_bias(y, self.bias) if self.bias is not None else y
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -166,5 +140,5 @@ class Projection(SeededLayer):
             "input_size": self.input_size,
             "output_size": self.output_size,
             "use_bias": self.use_bias,
-            "init_scale": self.init_scale,
+            "kernel_role": self.kernel_role,
         }

@@ -1,77 +1,76 @@
 """Residual block around a sequence or token mixer, with norm placement and branch weighting.
 
-    norm="pre":  y = skip * x + branch * f(LN(x))
-    norm="post": y = LN(skip * x + branch * f(x))
-    norm="none": y = skip * x + branch * f(x)
+    norm="pre":  y = sqrt(1 - tau) x + sqrt(tau) f(LN(x))
+    norm="post": y = LN(sqrt(1 - tau) x + sqrt(tau) f(x))
+    norm="none": y = sqrt(1 - tau) x + sqrt(tau) f(x)
 
-Weighting: "plain" (skip = branch = 1), "fixed" (alpha given) or "mean" (alpha = 1/(l+1) for
-the l-th residual block counted from 1, the embedding being term 0), with
-skip = sqrt(1 - alpha), branch = sqrt(alpha). With "mean" the residual stream is the running
-mean of the embedding and every branch output, so its scale stays constant with depth.
+``tau=None`` is the plain sum x + f(x). The scaling scheme chooses tau for each block (fixed,
+or the running mean 1/(l+1) that keeps the residual stream's scale constant with depth); the
+op set applies it (``residual_split`` / ``residual_add``: the unit-scaled set gives the branch a
+unit gradient and pays the sqrt(tau) on the way into it).
 """
 
-import math
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import keras
 import tensorflow as tf
 
+from .base import ScaledLayer
 from .core import LayerNorm
 
 NormPlacement = Literal["pre", "post", "none"]
 
 
-def residual_weights(weighting: str, alpha: float, index: int) -> tuple[float, float]:
-    """(skip, branch) multipliers of the ``index``-th residual block (1-based)."""
-    if weighting == "plain":
-        return 1.0, 1.0
-    if weighting == "fixed":
-        tau = alpha
-    elif weighting == "mean":
-        tau = 1.0 / (index + 1)
-    else:
-        raise ValueError(f"residual weighting must be plain|fixed|mean, got {weighting!r}")
-    if not 0.0 < tau < 1.0:
-        raise ValueError(f"residual alpha must be in (0, 1), got {tau}")
-    return math.sqrt(1.0 - tau), math.sqrt(tau)
+@keras.saving.register_keras_serializable(package="scmm")
+class Residual(ScaledLayer):
+    """Residual block wrapping ``body`` (a layer mapping (b, s, h) -> (b, s, h)).
 
-
-class Residual(keras.layers.Layer):
-    """Residual block: wraps ``body`` (a layer mapping (b, s, h) -> (b, s, h))."""
-
-    norm_class: type[LayerNorm] = LayerNorm  # the unit-scaled twin swaps this
+    Weights: the body's, plus ``norm/gamma`` and ``norm/beta`` unless norm="none".
+    """
 
     def __init__(
         self,
         body: keras.layers.Layer,
         hidden_size: int,
         norm: NormPlacement = "pre",
-        skip: float = 1.0,
-        branch: float = 1.0,
+        tau: Optional[float] = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         if norm not in ("pre", "post", "none"):
             raise ValueError(f"residual norm must be pre|post|none, got {norm!r}")
+        if tau is not None and not 0.0 < tau < 1.0:
+            raise ValueError(f"residual tau must be in (0, 1) or None (plain sum), got {tau}")
+        if isinstance(body, dict):  # from get_config
+            body = keras.saving.deserialize_keras_object(body)
         self.body = body
         self.hidden_size = hidden_size
         self.norm_placement = norm
-        self.skip = skip
-        self.branch = branch
-        self.norm = self.norm_class(hidden_size, name="norm") if norm != "none" else None
+        self.tau = tau
+        self.norm = (
+            LayerNorm(hidden_size, ops=self.ops_name, name="norm") if norm != "none" else None
+        )
 
     def build(self, input_shape: Any = None) -> None:
         if self.norm is not None:
             self.norm.build(None)
-        self.body.build(None)
+        if not self.body.built:  # a body restored by from_config may come built
+            self.body.build(None)
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
         # x: (batch, seq, hidden)
+        skip, branch_input = self.ops.residual_split(x, self.tau)
         norm = self.norm
-        branch_input = norm(x) if norm is not None and self.norm_placement == "pre" else x
-        y = self._scale(x, self.skip) + self._scale(self.body(branch_input), self.branch)
+        if norm is not None and self.norm_placement == "pre":
+            branch_input = norm(branch_input)
+        y = self.ops.residual_add(skip, self.body(branch_input), self.tau)
         return norm(y) if norm is not None and self.norm_placement == "post" else y
 
-    @staticmethod
-    def _scale(x: tf.Tensor, factor: float) -> tf.Tensor:
-        return x if factor == 1.0 else x * tf.cast(factor, x.dtype)
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "body": keras.saving.serialize_keras_object(self.body),
+            "hidden_size": self.hidden_size,
+            "norm": self.norm_placement,
+            "tau": self.tau,
+        }

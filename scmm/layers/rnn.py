@@ -12,30 +12,20 @@ One highway layer per step (recurrence depth 1) with a coupled carry gate:
 
 from typing import Any
 
+import keras
 import tensorflow as tf
 
-from .. import precision
-from .core import SeededLayer, seeded_normal
+from .base import ScaledLayer
 
 
-def highway_scan(gates_in: tf.Tensor, recurrent: tf.Tensor) -> tf.Tensor:
-    """Run the RHN recurrence: gates_in (s, b, 2, h) input halves (bias and rebias included),
-    recurrent kernel (h, 2, h) -> states (b, s, h). Shared by the unit-scaled twin."""
+@keras.saving.register_keras_serializable(package="scmm")
+class RecurrentHighway(ScaledLayer):
+    """RHN cell scanned over time: (batch, seq, hidden) -> states (batch, seq, hidden).
 
-    def step(state: tf.Tensor, gate_in: tf.Tensor) -> tf.Tensor:
-        # state: (b, h), gate_in: (b, 2, h)
-        pre = gate_in + precision.einsum("bh,hgk->bgk", state, recurrent)
-        candidate = tf.tanh(pre[:, 0])
-        transform = tf.sigmoid(pre[:, 1])
-        return state + transform * (candidate - state)
-
-    initial = tf.zeros_like(gates_in[0, :, 0])  # (b, h)
-    states = tf.scan(step, gates_in, initializer=initial)  # (s, b, h)
-    return tf.transpose(states, [1, 0, 2])  # (b, s, h)
-
-
-class RecurrentHighway(SeededLayer):
-    """RHN cell scanned over time: (batch, seq, hidden) -> states (batch, seq, hidden)."""
+    Weights: ``input_kernel`` and ``recurrent_kernel`` (hidden_size, 2, hidden_size), the
+    candidate and transform halves; ``bias`` (2, hidden_size). The gates see [x_t, s_{t-1}],
+    so both kernels have the fan-in of the concatenation, 2 hidden_size.
+    """
 
     def __init__(self, hidden_size: int, rebias: float = 1.0, **kwargs: Any):
         super().__init__(**kwargs)
@@ -43,26 +33,18 @@ class RecurrentHighway(SeededLayer):
         self.rebias = rebias
 
     def build(self, input_shape: Any = None) -> None:
-        # Gates see [x_t, s_{t-1}], so each kernel uses the fan-in of the concatenation.
-        stddev = (2 * self.hidden_size) ** -0.5
         shape = (self.hidden_size, 2, self.hidden_size)
-        self.input_kernel = self.add_weight(
-            name="input_kernel", shape=shape, initializer=seeded_normal(self.weight_seed(0), stddev)
+        fan_in = 2 * self.hidden_size
+        self.input_kernel = self.add_parameter("input_kernel", shape, "weight", fan_in=fan_in)
+        self.recurrent_kernel = self.add_parameter(
+            "recurrent_kernel", shape, "weight", fan_in=fan_in, seed_index=1
         )
-        self.recurrent_kernel = self.add_weight(
-            name="recurrent_kernel",
-            shape=shape,
-            initializer=seeded_normal(self.weight_seed(1), stddev),
-        )
-        self.bias = self.add_weight(name="bias", shape=(2, self.hidden_size), initializer="zeros")
+        self.bias = self.add_parameter("bias", (2, self.hidden_size), "bias", init="zeros")
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
-        dtype = x.dtype
-        # The input half of every gate does not depend on the state: one big matmul up front.
-        bias = tf.cast(self.bias, dtype) - tf.constant([[0.0], [self.rebias]], dtype)  # (2, h)
-        gates_in = precision.einsum("bsh,hgk->sbgk", x, tf.cast(self.input_kernel, dtype)) + bias
-        recurrent = tf.cast(self.recurrent_kernel, dtype)  # (h, 2, h)
-        return highway_scan(gates_in, recurrent)
+        return self.ops.recurrent_highway(
+            x, self.input_kernel, self.recurrent_kernel, self.bias, self.rebias
+        )
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "hidden_size": self.hidden_size, "rebias": self.rebias}

@@ -7,7 +7,6 @@ sequence mixer after it only sees earlier characters.
 """
 
 import contextlib
-from types import ModuleType
 from typing import Any, Iterator, Optional
 
 import keras
@@ -15,14 +14,11 @@ import numpy as np
 import tensorflow as tf
 
 from .. import layers, precision
-from .settings import (
-    AttentionSettings,
-    ConvSettings,
-    FFNSettings,
-    ModelSettings,
-    NoTokenMixerSettings,
-    RNNSettings,
-)
+from ..ops import get_ops
+from ..ops.kernels import cross_entropy_sum
+from ..parameters import Parameter, ParameterTable
+from ..schemes.scheme import Scheme
+from .settings import ModelSettings
 
 
 @contextlib.contextmanager
@@ -46,29 +42,8 @@ def dtype_policy_name(dtype: str, master_weights: bool) -> str:
 def masked_cross_entropy(
     logits: tf.Tensor, targets: tf.Tensor, mask: tf.Tensor
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """(sum of masked per-token cross-entropies, token count), both float32.
-
-    Computed in float32 whatever the logits' dtype: a 16-bit log-softmax loses most of its
-    precision exactly where the loss is small.
-    """
-    per_token = tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=targets, logits=tf.cast(logits, tf.float32)
-    )  # (b, s)
-    weights = tf.cast(mask, tf.float32)
-    return tf.reduce_sum(per_token * weights), tf.reduce_sum(weights)
-
-
-def _unit_scaled_layers() -> ModuleType:
-    # Imported on demand: scmm.uscale builds on scmm.layers, not the other way round.
-    from ..uscale import layers as unit_scaled
-
-    return unit_scaled
-
-
-def _unit_scaled_cross_entropy() -> Any:
-    from ..uscale import softmax_cross_entropy
-
-    return softmax_cross_entropy
+    """(sum of masked per-token cross-entropies, token count), both float32."""
+    return cross_entropy_sum(logits, targets, mask)
 
 
 def _rms(x: tf.Tensor) -> tf.Tensor:
@@ -76,98 +51,104 @@ def _rms(x: tf.Tensor) -> tf.Tensor:
 
 
 class CharLM(keras.Model):
-    """Character-level LM built from a ``ModelSettings``; see the module docstring."""
+    """Character-level LM built from a ``ModelSettings``; see the module docstring.
 
-    def __init__(
-        self,
-        settings: ModelSettings,
-        master_weights: bool = True,
-        unit_scale: bool = False,
-        **kwargs: Any,
-    ):
+    Weight paths: ``embedding/embeddings``, ``shift/padding``, ``layer_<i>_sequence/norm/*``,
+    ``layer_<i>_sequence/<attention|conv|rnn>/*``, ``layer_<i>_token/ffn/{up,down}/*``,
+    ``final_norm/{gamma,beta}``, ``head/{kernel,bias}``. ``parameters`` is the per-parameter
+    table (``scmm.parameters``), with the scheme's multipliers.
+    """
+
+    def __init__(self, settings: ModelSettings, **kwargs: Any):
         settings.validate()
         if settings.vocab_size < 1:
             raise ValueError(
                 f"model.vocab_size must be set (>= 1) to build a model, got {settings.vocab_size}"
             )
-        policy = dtype_policy_name(settings.dtype, master_weights)
+        policy = dtype_policy_name(settings.dtype, settings.weights == "master")
         super().__init__(name=kwargs.pop("name", "char_lm"), dtype=policy, **kwargs)
         self.settings = settings
-        self.unit_scale = unit_scale
-        # One import switches every layer to its unit-scaled twin (same names and weights).
-        self.lib: ModuleType = _unit_scaled_layers() if unit_scale else layers
-        lib = self.lib
+        self.scheme: Scheme = settings.scaling.build()
+        ops = self.scheme.ops
+        self.ops = get_ops(ops)
         seed = settings.seed if settings.seed is not None else 0
         hidden = settings.hidden_size
         with dtype_policy_scope(policy):
-            self.embedding = lib.Embedding(
-                settings.vocab_size, hidden, seed=seed * 1000, name="embedding"
+            self.embedding = layers.Embedding(
+                settings.vocab_size, hidden, seed=seed * 1000, ops=ops, name="embedding"
             )
-            self.shift = lib.Shift(hidden, seed=seed * 1000 + 998, name="shift")
+            self.shift = layers.Shift(hidden, seed=seed * 1000 + 998, ops=ops, name="shift")
             self.blocks = self._make_blocks(settings, seed)
-            self.final_norm = lib.LayerNorm(hidden, name="final_norm")
-            self.head = lib.Projection(
-                hidden, settings.vocab_size, seed=seed * 1000 + 999, name="head"
+            self.final_norm = layers.LayerNorm(hidden, ops=ops, name="final_norm")
+            self.head = layers.Projection(
+                hidden,
+                settings.vocab_size,
+                kernel_role="readout",
+                seed=seed * 1000 + 999,
+                ops=ops,
+                name="head",
             )
             parts: list[keras.layers.Layer] = [self.embedding, self.shift, *self.blocks]
             for layer in [*parts, self.final_norm, self.head]:
                 layer.build(None)
         self.built = True
+        self.parameters = self._parameter_table()
 
     def _make_mixers(self, settings: ModelSettings, seed: int) -> list[tuple[str, Any]]:
-        lib, hidden = self.lib, settings.hidden_size
+        hidden, ops = settings.hidden_size, self.scheme.ops
         mixers: list[tuple[str, Any]] = []
         for i in range(settings.depth):
             layer_seed = seed * 1000 + 2 * i + 1
-            seq = settings.sequence
-            mixer: keras.layers.Layer
-            if isinstance(seq, AttentionSettings):
-                mixer = lib.Attention(
-                    hidden,
-                    seq.heads,
-                    seq.head_size,
-                    seq.frequencies,
-                    seq.max_period,
-                    seed=layer_seed,
-                    name="attention",
-                )
-            elif isinstance(seq, ConvSettings):
-                mixer = lib.CausalConv(
-                    hidden, seq.kernel_size, seq.groups, seed=layer_seed, name="conv"
-                )
-            elif isinstance(seq, RNNSettings):
-                mixer = lib.RecurrentHighway(hidden, seq.rebias, seed=layer_seed, name="rnn")
-            else:
-                raise ValueError(f"unknown sequence mixer settings {seq!r}")
-            mixers.append((f"layer_{i}_sequence", mixer))
-            if isinstance(settings.token, FFNSettings):
-                ffn = lib.FFN(hidden, settings.token.multiple, seed=layer_seed + 1, name="ffn")
-                mixers.append((f"layer_{i}_token", ffn))
-            elif not isinstance(settings.token, NoTokenMixerSettings):
-                raise ValueError(f"unknown token mixer settings {settings.token!r}")
+            sequence = settings.sequence.build(hidden, layer_seed, ops)
+            mixers.append((f"layer_{i}_sequence", sequence))
+            token = settings.token.build(hidden, layer_seed + 1, ops)
+            if token is not None:
+                mixers.append((f"layer_{i}_token", token))
         return mixers
 
     def _make_blocks(self, settings: ModelSettings, seed: int) -> list[layers.Residual]:
         residual = settings.residual
         blocks = []
         for index, (name, mixer) in enumerate(self._make_mixers(settings, seed), start=1):
-            if self.unit_scale:
-                tau = self.lib.residual_tau(residual.weighting, residual.alpha, index)
-                block = self.lib.Residual(
-                    mixer, settings.hidden_size, norm=residual.norm, tau=tau, name=name
-                )
-            else:
-                skip, branch = layers.residual_weights(residual.weighting, residual.alpha, index)
-                block = layers.Residual(
+            tau = self.scheme.residual_tau(residual.weighting, residual.alpha, index)
+            blocks.append(
+                layers.Residual(
                     mixer,
                     settings.hidden_size,
                     norm=residual.norm,
-                    skip=skip,
-                    branch=branch,
+                    tau=tau,
+                    ops=self.scheme.ops,
                     name=name,
                 )
-            blocks.append(block)
+            )
         return blocks
+
+    def _parameter_table(self) -> ParameterTable:
+        """Facts the layers declared, the depth position of each block's parameters, and the
+        scheme's multipliers."""
+        facts = layers.parameter_facts(self)
+        depth_of = {
+            id(v): index
+            for index, block in enumerate(self.blocks, start=1)
+            for v in block.trainable_weights
+        }
+        rows = []
+        for variable in self.trainable_weights:
+            info = facts.get(id(variable))
+            if info is None:
+                raise RuntimeError(f"parameter {variable.path!r} was created without its facts")
+            rows.append(
+                Parameter(
+                    path=variable.path,
+                    shape=tuple(int(d) for d in variable.shape),
+                    role=info.role,
+                    fan_in=info.fan_in,
+                    depth=depth_of.get(id(variable)),
+                )
+            )
+        table = ParameterTable(rows, depth=len(self.blocks))
+        self.scheme.assign_multipliers(table)
+        return table
 
     # Forward pass ---------------------------------------------------------------------------
 
@@ -197,11 +178,7 @@ class CharLM(keras.Model):
             mask = tf.ones_like(tokens, dtype=tf.bool)
         hidden = self.hidden_states(tokens)
         logits = self._head(hidden)
-        if self.unit_scale:
-            loss, n_tokens = _unit_scaled_cross_entropy()(logits, tokens, mask)
-        else:
-            loss_sum, n_tokens = masked_cross_entropy(logits, tokens, mask)
-            loss = loss_sum / tf.maximum(n_tokens, 1.0)
+        loss, n_tokens = self.ops.cross_entropy(logits, tokens, mask)
         return {
             "loss": loss,
             "n_tokens": n_tokens,

@@ -1,13 +1,38 @@
-"""Model settings: one dataclass tree from which a character LM is built.
+"""Model settings: one dataclass tree from which a character LM is built, and nothing else.
 
-The sequence and token mixers are chosen by kind (``--model.sequence.type conv``), each with
-its own fields; ``draccus.ChoiceRegistry`` gives that on the command line and in YAML/JSON.
+The sequence and token mixers and the scaling scheme are chosen by kind
+(``--model.sequence.type conv``, ``--model.scaling.type unit``), each with its own fields;
+``draccus.ChoiceRegistry`` gives that on the command line and in YAML/JSON. Each choice builds
+the object it describes (``build``), so the model factory is a loop, not an ``isinstance``
+chain. ``ModelSettings`` alone rebuilds a model: mixers, scheme, dtype and weight storage.
 """
 
 import dataclasses
-from typing import ClassVar, Literal, Optional
+from typing import TYPE_CHECKING, Literal, Optional
 
 import draccus
+
+from ..precision_settings import MATMUL_FORMATS, PrecisionSettings, WeightStorage
+from ..schemes.settings import RegularScalingSettings, ScalingSettings
+
+if TYPE_CHECKING:
+    import keras
+
+__all__ = [
+    "AttentionSettings",
+    "ConvSettings",
+    "DType",
+    "FFNSettings",
+    "MATMUL_FORMATS",
+    "ModelSettings",
+    "NoTokenMixerSettings",
+    "PrecisionSettings",
+    "RNNSettings",
+    "ResidualSettings",
+    "SequenceMixerSettings",
+    "TokenMixerSettings",
+    "WeightStorage",
+]
 
 DType = Literal["float32", "float16", "bfloat16"]
 
@@ -23,6 +48,10 @@ class SequenceMixerSettings(draccus.ChoiceRegistry):
 
     def validate(self, hidden_size: int) -> None:
         """Raise ValueError if the mixer cannot be built at this hidden size."""
+
+    def build(self, hidden_size: int, seed: int, ops: str) -> "keras.layers.Layer":
+        """The mixer layer (weights seeded by ``seed``, arithmetic from op set ``ops``)."""
+        raise NotImplementedError
 
 
 @SequenceMixerSettings.register_subclass("attention")
@@ -52,6 +81,20 @@ class AttentionSettings(SequenceMixerSettings):
         if self.max_period < 4:
             raise ValueError(f"model.sequence.max_period must be >= 4, got {self.max_period}")
 
+    def build(self, hidden_size: int, seed: int, ops: str) -> "keras.layers.Layer":
+        from ..layers import Attention
+
+        return Attention(
+            hidden_size,
+            self.heads,
+            self.head_size,
+            self.frequencies,
+            self.max_period,
+            seed=seed,
+            ops=ops,
+            name="attention",
+        )
+
 
 @SequenceMixerSettings.register_subclass("conv")
 @dataclasses.dataclass
@@ -71,6 +114,13 @@ class ConvSettings(SequenceMixerSettings):
                 f"model.sequence.groups={self.groups} must divide hidden_size={hidden_size}"
             )
 
+    def build(self, hidden_size: int, seed: int, ops: str) -> "keras.layers.Layer":
+        from ..layers import CausalConv
+
+        return CausalConv(
+            hidden_size, self.kernel_size, self.groups, seed=seed, ops=ops, name="conv"
+        )
+
 
 @SequenceMixerSettings.register_subclass("rnn")
 @dataclasses.dataclass
@@ -79,6 +129,11 @@ class RNNSettings(SequenceMixerSettings):
 
     rebias: float = 1.0
     """Constant subtracted from the transform-gate pre-activation (bias towards carrying)."""
+
+    def build(self, hidden_size: int, seed: int, ops: str) -> "keras.layers.Layer":
+        from ..layers import RecurrentHighway
+
+        return RecurrentHighway(hidden_size, self.rebias, seed=seed, ops=ops, name="rnn")
 
 
 @dataclasses.dataclass
@@ -90,6 +145,13 @@ class TokenMixerSettings(draccus.ChoiceRegistry):
         """Registered name of this choice."""
         return str(self.get_choice_name(type(self)))
 
+    def validate(self) -> None:
+        """Raise ValueError naming an impossible value."""
+
+    def build(self, hidden_size: int, seed: int, ops: str) -> Optional["keras.layers.Layer"]:
+        """The token-mixer layer, or None for no token mixer."""
+        raise NotImplementedError
+
 
 @TokenMixerSettings.register_subclass("ffn")
 @dataclasses.dataclass
@@ -99,11 +161,23 @@ class FFNSettings(TokenMixerSettings):
     multiple: float = 4.0
     """Inner width as a multiple of the hidden size."""
 
+    def validate(self) -> None:
+        if self.multiple <= 0:
+            raise ValueError(f"model.token.multiple must be > 0, got {self.multiple}")
+
+    def build(self, hidden_size: int, seed: int, ops: str) -> Optional["keras.layers.Layer"]:
+        from ..layers import FFN
+
+        return FFN(hidden_size, self.multiple, seed=seed, ops=ops, name="ffn")
+
 
 @TokenMixerSettings.register_subclass("none")
 @dataclasses.dataclass
 class NoTokenMixerSettings(TokenMixerSettings):
     """No token mixer: each layer is a sequence mixer only."""
+
+    def build(self, hidden_size: int, seed: int, ops: str) -> Optional["keras.layers.Layer"]:
+        return None
 
 
 @dataclasses.dataclass
@@ -116,55 +190,6 @@ class ResidualSettings:
     """plain: x + f(x); fixed: sqrt(1-alpha) x + sqrt(alpha) f(x); mean: alpha_l = 1/(l+1)."""
     alpha: float = 0.5
     """Branch weight for weighting=fixed (ignored otherwise)."""
-
-
-# Formats a matmul operand or gradient can be simulated in (see scmm.formats).
-MATMUL_FORMATS = ("float32", "bfloat16", "float16", "float8_e4m3fn", "float8_e5m2", "e4m3", "e5m2")
-
-
-@dataclasses.dataclass
-class PrecisionSettings:
-    """Simulated low-precision matmuls (``scmm.precision``): every matmul/conv in the trunk
-    sees its inputs rounded to a format, the gradient flowing back into its output rounded to
-    another, and the weight gradient it produces to a third. float32 everywhere (the default)
-    changes nothing. FP8: activations and weights e4m3, gradients e5m2. FP16: all float16."""
-
-    ROLES: ClassVar[tuple[str, ...]] = ("activations", "weights", "gradients", "weight_gradients")
-
-    activations: str = "float32"
-    """Format of activation operands (including attention scores/probabilities and values)."""
-    weights: str = "float32"
-    """Format of weight operands."""
-    gradients: str = "float32"
-    """Format of the gradient arriving at each matmul output in the backward pass."""
-    weight_gradients: str = "float32"
-    """Format of each weight gradient a matmul produces (dW = x^T g, before the optimiser).
-    Real FP16 training computes it in float16, which is where a regular model's small weight
-    gradients underflow without loss scaling; FP8 recipes keep it in higher precision."""
-    saturate: bool = True
-    """Clamp finite values beyond the format's max (OCP saturating mode) instead of inf/NaN."""
-    scaling: Literal["none", "dynamic"] = "none"
-    """none: cast as is (unit scaling needs nothing else); dynamic: scale each tensor by a
-    power of two from its current abs max before the cast (what FP8 libraries do)."""
-    head: bool = False
-    """Also simulate the output projection (kept in the compute dtype by default)."""
-    subnormals: bool = True
-    """False: rounded values below the format's smallest normal become zero, as on hardware
-    that flushes subnormals (float16: everything under 2^-14 instead of under 2^-24)."""
-
-    @property
-    def enabled(self) -> bool:
-        """Whether any role is rounded."""
-        return any(f != "float32" for f in (getattr(self, role) for role in self.ROLES))
-
-    def validate(self) -> None:
-        """Raise ValueError naming an unknown format."""
-        for role in self.ROLES:
-            value = getattr(self, role)
-            if value not in MATMUL_FORMATS:
-                raise ValueError(
-                    f"model.precision.{role}={value!r}; expected one of {', '.join(MATMUL_FORMATS)}"
-                )
 
 
 @dataclasses.dataclass
@@ -180,8 +205,14 @@ class ModelSettings:
     residual: ResidualSettings = dataclasses.field(default_factory=ResidualSettings)
     sequence: SequenceMixerSettings = dataclasses.field(default_factory=AttentionSettings)
     token: TokenMixerSettings = dataclasses.field(default_factory=FFNSettings)
+    scaling: ScalingSettings = dataclasses.field(default_factory=RegularScalingSettings)
+    """Scaling scheme: regular (standard parametrisation) or unit (unit scaling)."""
     dtype: DType = "float32"
-    """Compute dtype. Weight storage for 16-bit dtypes is chosen by training.weights."""
+    """Compute dtype."""
+    weights: WeightStorage = "master"
+    """16-bit models only. master: float32 weights cast each step (GPU mixed precision);
+    rounded: weights in the compute dtype, updates rounded to nearest; stochastic: weights in
+    the compute dtype, updates stochastically rounded (as on IPU)."""
     precision: PrecisionSettings = dataclasses.field(default_factory=PrecisionSettings)
     """Simulated low-precision (e.g. FP8) matmul inputs and gradients."""
     seed: Optional[int] = None
@@ -197,7 +228,7 @@ class ModelSettings:
             raise ValueError(f"model.depth must be >= 1, got {self.depth}")
         if self.residual.weighting == "fixed" and not 0.0 < self.residual.alpha < 1.0:
             raise ValueError(f"model.residual.alpha must be in (0, 1), got {self.residual.alpha}")
-        if isinstance(self.token, FFNSettings) and self.token.multiple <= 0:
-            raise ValueError(f"model.token.multiple must be > 0, got {self.token.multiple}")
+        self.token.validate()
+        self.scaling.validate(self.residual.weighting)
         self.sequence.validate(self.hidden_size)
         self.precision.validate()

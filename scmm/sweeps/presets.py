@@ -68,13 +68,13 @@ _FP8 = {
     "model.precision.gradients": "e5m2",
 }
 
-_FP16 = {"model.dtype": "float16", "training.weights": "stochastic"}
+_FP16 = {"model.dtype": "float16", "model.weights": "stochastic"}
 
 _PAPER_COLUMNS: dict[str, Any] = {
     "dtype": {"float32": {"model.dtype": "float32"}, "float16": _FP16},
     "variant": {
-        "regular": {"unit_scale": False, "lr_search.start": 2**-14},
-        "unit": {"unit_scale": True, "lr_search.start": 2**-8},
+        "regular": {"model.scaling.type": "regular", "lr_search.start": 2**-14},
+        "unit": {"model.scaling.type": "unit", "lr_search.start": 2**-8},
     },
     "loss_scale": {"1": {"training.loss_scale": 1.0}, "2048": {"training.loss_scale": 2048.0}},
 }
@@ -128,8 +128,8 @@ SWEEPS: dict[str, dict[str, Any]] = {
             # since the projection fix it runs ~1.6x float32, so real FP16 is now affordable.)
             "dtype": {"float32": {"model.dtype": "float32"}, "float16-sim": _FP16_SIMULATED},
             "variant": {
-                "regular": {"unit_scale": False, "lr_search.start": 2**-9},
-                "unit": {"unit_scale": True, "lr_search.start": 2**-6},
+                "regular": {"model.scaling.type": "regular", "lr_search.start": 2**-9},
+                "unit": {"model.scaling.type": "unit", "lr_search.start": 2**-6},
             },
             "loss_scale": _PAPER_COLUMNS["loss_scale"],
         },
@@ -156,11 +156,15 @@ SWEEPS: dict[str, dict[str, Any]] = {
             # paper-table-small's best: regular 2^-7 (conv 2^-5), unit 2^-4 for every model.
             "variant": {
                 "regular": {
-                    "unit_scale": False,
+                    "model.scaling.type": "regular",
                     "lr_search.start": 2**-7,
                     "lr_search.max_points": 2,
                 },
-                "unit": {"unit_scale": True, "lr_search.start": 2**-4, "lr_search.max_points": 1},
+                "unit": {
+                    "model.scaling.type": "unit",
+                    "lr_search.start": 2**-4,
+                    "lr_search.max_points": 1,
+                },
             },
             "loss_scale": _PAPER_COLUMNS["loss_scale"],
         },
@@ -189,8 +193,8 @@ SWEEPS: dict[str, dict[str, Any]] = {
                 "bfloat16": {"model.dtype": "bfloat16"},
             },
             "variant": {
-                "regular": {"unit_scale": False, "lr_search.start": 2**-9},
-                "unit": {"unit_scale": True, "lr_search.start": 2**-6},
+                "regular": {"model.scaling.type": "regular", "lr_search.start": 2**-9},
+                "unit": {"model.scaling.type": "unit", "lr_search.start": 2**-6},
             },
         },
         # Per-tensor scaling is the regular models' crutch; unit scaling needs none.
@@ -222,8 +226,8 @@ SWEEPS: dict[str, dict[str, Any]] = {
                 "rnn": {"preset": "paper-rnn", "model.depth": 2},
             },
             "variant": {
-                "regular": {"unit_scale": False, "lr_search.start": 2**-11},
-                "unit": {"unit_scale": True, "lr_search.start": 2**-9},
+                "regular": {"model.scaling.type": "regular", "lr_search.start": 2**-11},
+                "unit": {"model.scaling.type": "unit", "lr_search.start": 2**-9},
             },
         },
         "repeats": 1,
@@ -241,7 +245,12 @@ SWEEPS: dict[str, dict[str, Any]] = {
             "model.residual.weighting": "mean",
             "seed": 3,
         },
-        "axes": {"variant": {"regular": {"unit_scale": False}, "unit": {"unit_scale": True}}},
+        "axes": {
+            "variant": {
+                "regular": {"model.scaling.type": "regular"},
+                "unit": {"model.scaling.type": "unit"},
+            }
+        },
         "repeats": 1,
         "lr_search": {"start": 2**-8, "factor": 16.0, "threshold": 0.0, "max_points": 2},
     },

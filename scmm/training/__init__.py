@@ -6,26 +6,20 @@ Settings import without TensorFlow; everything else loads it on first use.
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .settings import (
-    AdamWSettings,
-    OptimiserSettings,
-    SGDMSettings,
-    TrainingSettings,
-    WeightStorage,
-)
+from ..precision_settings import WeightStorage
+from .settings import AdamWSettings, OptimiserSettings, SGDMSettings, TrainingSettings
 
 if TYPE_CHECKING:
-    from .optimisers import AdamW, Optimiser, SGDM, make_optimiser, vector_learning_rate_scales
+    from .optimisers import AdamW, Optimiser, SGDM
     from .rounding import stochastic_round
-    from .trainer import NonFiniteError, Trainer, bits_per_character
+    from .trainer import LanguageModel, NonFiniteError, Trainer, bits_per_character
 
 _LAZY = {
     "AdamW": "optimisers",
     "Optimiser": "optimisers",
     "SGDM": "optimisers",
-    "make_optimiser": "optimisers",
-    "vector_learning_rate_scales": "optimisers",
     "stochastic_round": "rounding",
+    "LanguageModel": "trainer",
     "NonFiniteError": "trainer",
     "Trainer": "trainer",
     "bits_per_character": "trainer",

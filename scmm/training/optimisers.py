@@ -1,6 +1,7 @@
 """Small TF-native optimisers (AdamW, SGD with momentum) over a list of Keras variables.
 
-Why not ``keras.optimizers``: scmm needs per-variable learning-rate multipliers (unit scaling
+Why not ``keras.optimizers``: scmm needs per-variable learning-rate and weight-decay
+multipliers, read by path from the per-parameter table (``scmm.parameters``: unit scaling
 divides vector parameters' rate by sqrt(size)), 16-bit weights updated with round-to-nearest or
 stochastic rounding, optimiser state addressable by weight name for exact checkpoints, and an
 update that runs unchanged inside an XLA-compiled multi-step loop. Slots are always float32.
@@ -10,15 +11,16 @@ the per-variable update runs through ``strategy.extended.update`` (the same rout
 optimisers take), so mirrored weights stay identical.
 """
 
-import math
 from typing import Optional, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from ..parameters import ParameterTable
+from ..precision_settings import WeightStorage
 from .rounding import stochastic_round
-from .settings import AdamWSettings, OptimiserSettings, SGDMSettings, WeightStorage
+from .settings import AdamWSettings, OptimiserSettings, SGDMSettings
 
 
 class Optimiser:
@@ -30,21 +32,21 @@ class Optimiser:
         self,
         settings: OptimiserSettings,
         variables: Sequence[keras.Variable],
+        parameters: ParameterTable,
         weights: WeightStorage = "master",
-        learning_rate_scales: Optional[Sequence[float]] = None,
         seed: int = 0,
     ):
         settings.validate()
         self.settings = settings
         self.variables = list(variables)
         self.weights = weights
-        scales = learning_rate_scales or [1.0] * len(self.variables)
-        if len(scales) != len(self.variables):
-            raise ValueError(
-                f"learning_rate_scales has {len(scales)} entries;"
-                f" expected one per variable ({len(self.variables)})"
-            )
-        self.learning_rate_scales = [float(s) for s in scales]
+        unknown = [v.path for v in self.variables if v.path not in parameters]
+        if unknown:
+            raise ValueError(f"the parameter table has no rows for {unknown[:5]}")
+        rows = [parameters[v.path] for v in self.variables]
+        # Python floats: compile-time constants of the traced update.
+        self.learning_rate_multipliers = [float(r.learning_rate_multiplier) for r in rows]
+        self.weight_decay_multipliers = [float(r.weight_decay_multiplier) for r in rows]
         self.seed = seed
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="optimiser_step")
         self.slots: dict[str, list[tf.Variable]] = {
@@ -182,8 +184,9 @@ class AdamW(Optimiser):
         v.assign(s.beta2 * v + (1 - s.beta2) * tf.square(grad))
         m_hat = m / self._corrections[0]
         v_hat = v / self._corrections[1]
-        scaled_rate = rate * self.learning_rate_scales[index]
-        return -scaled_rate * (m_hat / (tf.sqrt(v_hat) + s.epsilon) + s.weight_decay * weight)
+        scaled_rate = rate * self.learning_rate_multipliers[index]
+        decay = s.weight_decay * self.weight_decay_multipliers[index]
+        return -scaled_rate * (m_hat / (tf.sqrt(v_hat) + s.epsilon) + decay * weight)
 
 
 class SGDM(Optimiser):
@@ -197,25 +200,6 @@ class SGDM(Optimiser):
         assert isinstance(self.settings, SGDMSettings)
         velocity = self.slots["velocity"][index]
         velocity.assign(self.settings.momentum * velocity + grad)
-        scaled_rate = rate * self.learning_rate_scales[index]
-        return -scaled_rate * (velocity + self.settings.weight_decay * weight)
-
-
-def make_optimiser(
-    settings: OptimiserSettings,
-    variables: Sequence[keras.Variable],
-    weights: WeightStorage = "master",
-    learning_rate_scales: Optional[Sequence[float]] = None,
-    seed: int = 0,
-) -> Optimiser:
-    """Build the optimiser named by ``settings`` (its registered kind)."""
-    if isinstance(settings, AdamWSettings):
-        return AdamW(settings, variables, weights, learning_rate_scales, seed)
-    if isinstance(settings, SGDMSettings):
-        return SGDM(settings, variables, weights, learning_rate_scales, seed)
-    raise ValueError(f"unknown optimiser settings {settings!r}: expected adamw or sgdm")
-
-
-def vector_learning_rate_scales(variables: Sequence[keras.Variable]) -> list[float]:
-    """1/sqrt(size) for 1-D parameters (biases, gains), 1 otherwise (unit-scaled models)."""
-    return [1 / math.sqrt(v.shape[0]) if len(v.shape) == 1 else 1.0 for v in variables]
+        scaled_rate = rate * self.learning_rate_multipliers[index]
+        decay = self.settings.weight_decay * self.weight_decay_multipliers[index]
+        return -scaled_rate * (velocity + decay * weight)

@@ -1,9 +1,17 @@
 """Training settings: batch, steps, optimiser, loss scale and how 16-bit weights are kept."""
 
 import dataclasses
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, Sequence
 
 import draccus
+
+from ..precision_settings import WeightStorage
+
+if TYPE_CHECKING:
+    import keras
+
+    from ..parameters import ParameterTable
+    from .optimisers import Optimiser
 
 
 @dataclasses.dataclass
@@ -20,6 +28,16 @@ class OptimiserSettings(draccus.ChoiceRegistry):
     def kind(self) -> str:
         """Registered name of this choice."""
         return str(self.get_choice_name(type(self)))
+
+    def build(
+        self,
+        variables: Sequence["keras.Variable"],
+        parameters: "ParameterTable",
+        weights: WeightStorage = "master",
+        seed: int = 0,
+    ) -> "Optimiser":
+        """The optimiser this choice describes, over ``variables`` (multipliers by path)."""
+        raise NotImplementedError
 
     def validate(self) -> None:
         """Raise ValueError naming the first impossible value."""
@@ -50,6 +68,17 @@ class AdamWSettings(OptimiserSettings):
     epsilon: float = 1e-8
     """Added to the root second moment in the update's denominator."""
 
+    def build(
+        self,
+        variables: Sequence["keras.Variable"],
+        parameters: "ParameterTable",
+        weights: WeightStorage = "master",
+        seed: int = 0,
+    ) -> "Optimiser":
+        from .optimisers import AdamW
+
+        return AdamW(self, variables, parameters, weights, seed)
+
     def validate(self) -> None:
         super().validate()
         for name in ("beta1", "beta2"):
@@ -67,13 +96,21 @@ class SGDMSettings(OptimiserSettings):
     momentum: float = 0.9
     """Velocity decay: v = momentum * v + g."""
 
+    def build(
+        self,
+        variables: Sequence["keras.Variable"],
+        parameters: "ParameterTable",
+        weights: WeightStorage = "master",
+        seed: int = 0,
+    ) -> "Optimiser":
+        from .optimisers import SGDM
+
+        return SGDM(self, variables, parameters, weights, seed)
+
     def validate(self) -> None:
         super().validate()
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"training.optimiser.momentum must be in [0, 1), got {self.momentum}")
-
-
-WeightStorage = Literal["master", "rounded", "stochastic"]
 
 
 @dataclasses.dataclass
@@ -97,10 +134,6 @@ class TrainingSettings:
     """Dynamic loss scaling: shrink/grow factor."""
     loss_scale_growth_interval: int = 2000
     """Dynamic loss scaling: consecutive finite steps before the scale grows."""
-    weights: WeightStorage = "master"
-    """16-bit models only. master: float32 weights cast each step (GPU mixed precision);
-    rounded: weights in the compute dtype, updates rounded to nearest; stochastic: weights in
-    the compute dtype, updates stochastically rounded (as on IPU)."""
     iterations_per_loop: int = 16
     """Training steps run inside one compiled call (the IPU's iterations-per-loop)."""
 

@@ -1,4 +1,10 @@
-"""Compiled training and evaluation of a ``CharLM``.
+"""Compiled training and evaluation of any model that follows the language-model protocol.
+
+The trainer knows a protocol, not a class: ``model(tokens, mask)`` returns a mapping with a
+scalar ``"loss"`` (what is minimised), ``"n_tokens"`` (how many tokens it averages) and any
+other scalars, all of which are recorded per step; ``model.trainable_weights`` are trained,
+with multipliers and gradient factors read by path from the per-parameter table (the one
+passed in, else the model's ``parameters`` table if it has one, else every multiplier 1).
 
 ``Trainer.train(batch)`` runs ``k`` optimiser steps inside one compiled call, where the batch
 arrays are shaped (k, sequences, sequence_length): the CPU/GPU counterpart of the IPU's
@@ -7,26 +13,43 @@ metrics come back as arrays of length k and are checked for non-finite values on
 """
 
 import math
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Any, Generic, Iterable, Mapping, Optional, Protocol, Sequence, TypeVar
 
 import numpy as np
 import tensorflow as tf
 
-from ..models import CharLM
+from ..ops.kernels import scale_gradient
+from ..parameters import Parameter, ParameterTable
 from ..pedal import Execution
+from ..precision_settings import WeightStorage
 from .loss_scaling import LossScaler
-from .optimisers import Optimiser, make_optimiser
+from .optimisers import Optimiser
 from .settings import TrainingSettings
 
-STEP_METRICS = (
-    "loss",
-    "n_tokens",
-    "hidden_rms",
-    "logits_rms",
-    "learning_rate",
-    "loss_scale",
-    "skipped",
-)
+# Recorded by the trainer itself, beside whatever scalars the model returns.
+TRAINER_METRICS = ("learning_rate", "loss_scale", "skipped")
+
+
+class LanguageModel(Protocol):
+    """What the trainer needs of a model."""
+
+    @property
+    def trainable_weights(self) -> list[Any]:
+        """The variables to train (Keras variables with stable ``.path``)."""
+
+    def __call__(self, tokens: tf.Tensor, mask: tf.Tensor) -> Mapping[str, tf.Tensor]:
+        """{"loss": scalar, "n_tokens": scalar, ...other scalars} for one batch."""
+
+
+def uniform_table(variables: Sequence[Any]) -> ParameterTable:
+    """A table for a model that declares no parameter facts: every multiplier and factor 1."""
+    return ParameterTable(
+        Parameter(path=v.path, shape=tuple(int(d) for d in v.shape), role="weight")
+        for v in variables
+    )
+
+
+ModelT = TypeVar("ModelT", bound=LanguageModel)
 
 
 class NonFiniteError(FloatingPointError):
@@ -44,31 +67,33 @@ def bits_per_character(loss: float) -> float:
     return loss / math.log(2)
 
 
-class Trainer:
+class Trainer(Generic[ModelT]):
     """Owns the optimiser and the compiled train/eval functions for one model."""
 
-    def __init__(
+    def __init__(  # pylint: disable=too-many-arguments
         self,
-        model: CharLM,
+        model: ModelT,
         settings: TrainingSettings,
         execution: Execution,
+        parameters: Optional[ParameterTable] = None,
+        weights: WeightStorage = "master",
         seed: int = 0,
-        learning_rate_scales: Optional[Sequence[float]] = None,
     ):
         settings.validate()
         self.model = model
         self.settings = settings
         self.execution = execution
         self.variables = list(model.trainable_weights)
+        if parameters is None:
+            own = getattr(model, "parameters", None)
+            parameters = own if isinstance(own, ParameterTable) else uniform_table(self.variables)
+        self.parameters = parameters
         with execution.scope():
-            self.optimiser: Optimiser = make_optimiser(
-                settings.optimiser,
-                self.variables,
-                weights=settings.weights,
-                learning_rate_scales=learning_rate_scales,
-                seed=seed,
+            self.optimiser: Optimiser = settings.optimiser.build(
+                self.variables, parameters, weights=weights, seed=seed
             )
             self.loss_scaler = LossScaler(settings)
+        self._metric_names: Optional[tuple[str, ...]] = None
         self._train_loop = execution.compile(self._train_loop_fn)
         self._eval_step = execution.compile(self._eval_step_fn)
 
@@ -83,9 +108,16 @@ class Trainer:
         scaler = self.loss_scaler
         scale = tf.identity(scaler.scale)  # the scale this step used (before any update)
         with tf.GradientTape() as tape:
-            outputs = self.model(tokens, mask)
+            outputs = dict(self.model(tokens, mask))
             scaled_loss = scaler.scale_loss(outputs["loss"])
-        grads, finite = scaler.unscale(tape.gradient(scaled_loss, self.variables))
+        # Gradient factors (a cut edge, e.g. calibration) are read from the table when the step
+        # is traced, and applied as the gradients come off the tape, before unscaling.
+        factors = self.parameters.gradient_factors()
+        grads = [
+            scale_gradient(g, factors[v.path])
+            for v, g in zip(self.variables, tape.gradient(scaled_loss, self.variables))
+        ]
+        grads, finite = scaler.unscale(grads)
         rate = self.optimiser.learning_rate(self.optimiser.step)
         skipped = scaler.step(finite, lambda: self.optimiser.apply(grads))
         return {
@@ -98,12 +130,14 @@ class Trainer:
     def _train_loop_fn(self, tokens: tf.Tensor, mask: tf.Tensor) -> dict[str, tf.Tensor]:
         # tokens, mask: (k, sequences, sequence_length)
         count = tf.shape(tokens)[0]
-        arrays = {
-            name: tf.TensorArray(tf.float32, size=count, element_shape=()) for name in STEP_METRICS
-        }
+        names = self._metric_names
+        assert names is not None
+        arrays = {name: tf.TensorArray(tf.float32, size=count, element_shape=()) for name in names}
         for i in tf.range(count):
             outputs = self._train_step_fn(tokens[i], mask[i])
-            arrays = {name: arrays[name].write(i, outputs[name]) for name in STEP_METRICS}
+            arrays = {
+                name: arrays[name].write(i, tf.cast(outputs[name], tf.float32)) for name in names
+            }
         results = {name: array.stack() for name, array in arrays.items()}  # each (k,)
         results["weights_finite"] = tf.stack(
             [tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(v))) for v in self.variables]
@@ -128,6 +162,23 @@ class Trainer:
         )
         self.loss_scaler.set_state_arrays(scaler_state)
 
+    def _discover_metrics(self, tokens: tf.Tensor, mask: tf.Tensor) -> tuple[str, ...]:
+        """The model's scalar outputs (traced once, not run) plus the trainer's own."""
+        forward = tf.function(lambda t, m: dict(self.model(t, m)))
+        outputs = forward.get_concrete_function(
+            tf.TensorSpec(tokens.shape[1:], tokens.dtype), tf.TensorSpec(mask.shape[1:], mask.dtype)
+        ).structured_outputs
+        for key in ("loss", "n_tokens"):
+            if key not in outputs:
+                raise ValueError(f"the model's outputs lack {key!r}; got {sorted(outputs)}")
+        for key, value in outputs.items():
+            if value.shape.rank != 0:
+                raise ValueError(f"model output {key!r} is not a scalar (shape {value.shape})")
+        clash = set(outputs) & set(TRAINER_METRICS)
+        if clash:
+            raise ValueError(f"model outputs {sorted(clash)} clash with the trainer's metrics")
+        return (*outputs, *TRAINER_METRICS)
+
     def train(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run len(batch["tokens"]) steps; returns per-step metrics (numpy, length k).
 
@@ -138,6 +189,11 @@ class Trainer:
         device_batch = self.execution.to_device(
             {"tokens": batch["tokens"].astype(np.int32, copy=False), "mask": batch["mask"]}
         )
+        if self._metric_names is None:
+            with self.execution.scope():
+                self._metric_names = self._discover_metrics(
+                    device_batch["tokens"], device_batch["mask"]
+                )
         results = {k: np.asarray(v) for k, v in self._train_loop(**device_batch).items()}
         finite_weights = results.pop("weights_finite")
         bad = np.flatnonzero(~np.isfinite(results["loss"]))

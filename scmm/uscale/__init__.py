@@ -10,7 +10,9 @@ factors come from static shapes:
 Modules: ``scaling`` (primitive and constraint), ``ops`` (projection, matmul, bias, gain,
 embedding, causal conv, layer norm, residual), ``nonlinear`` (relu/gelu/tanh/sigmoid,
 softmax, cross-entropy), ``attention_ops`` and ``rnn_ops`` (the char-LM sequence mixers),
-``calibration`` (per-parameter weight-gradient factors measured once at init).
+``calibration`` (per-parameter weight-gradient factors measured once at init). These are the
+functional ops (like the PyTorch library's ``unit_scaling.functional``); ``scmm.ops.UnitOps``
+is the op set the layers use, built from them.
 """
 
 from .attention_ops import (
@@ -20,11 +22,7 @@ from .attention_ops import (
     positional_keys,
     qkv_projection,
 )
-from .calibration import (
-    calibrate_weight_gradients,
-    set_weight_gradient_factors,
-    weight_gradient_factors,
-)
+from .calibration import apply_gradient_factors, calibrate_weight_gradients, weight_gradients
 from .nonlinear import (
     GELU_SCALES,
     RELU_SCALES,
@@ -61,6 +59,7 @@ __all__ = [
     "SIGMOID_SCALES",
     "TANH_SCALES",
     "add_bias",
+    "apply_gradient_factors",
     "attention_scale",
     "calibrate_weight_gradients",
     "causal_attention",
@@ -81,10 +80,9 @@ __all__ = [
     "rhn_gate_scale",
     "rhn_kernels",
     "scaling",
-    "set_weight_gradient_factors",
     "sigmoid",
     "softmax",
     "softmax_cross_entropy",
     "tanh",
-    "weight_gradient_factors",
+    "weight_gradients",
 ]

@@ -19,16 +19,15 @@ char-LM code; ``attention_scale`` gives the factor that would make A unit for ii
 """
 
 import math
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 
-from ..layers.attention import MASK_VALUE, relative_shift
 from .. import precision
-from .calibration import read_weight
+from ..ops.kernels import as_compute, causal_relative_attention
 from .ops import weight_contraction
-from .scaling import Constraint, as_compute, constrain, scaling, static_size
+from .scaling import Constraint, constrain, scaling, static_size
 
 # The logits are content + position scores, each ~unit, so their nominal variance is 2. Within a
 # row the position scores of nearby distances are strongly correlated (smooth sinusoids), so
@@ -93,7 +92,7 @@ def positional_keys(
     backward = alpha * (batch * rows / 2) ** -0.5 / POSITIONAL_GRAD_STD
     dtype = tf.as_dtype(dtype or weight.dtype)
     w = scaling(
-        precision.operand(read_weight(weight, dtype), "weight"), forward=forward, backward=backward
+        precision.operand(as_compute(weight, dtype), "weight"), forward=forward, backward=backward
     )
     e = precision.operand(tf.constant(embedding, dtype), "activation")
     return precision.output(tf.einsum("rf,fna->nra", e, w))  # (heads, r, hs)
@@ -126,10 +125,6 @@ def attention_scale(seq: int, logit_variance: float = LOGIT_VARIANCE) -> float:
     return float(np.mean(growth / (n + growth - 1.0)) ** -0.5)
 
 
-def _chunk_bounds(length: int, chunk: int) -> Sequence[tuple[int, int]]:
-    return [(start, min(start + chunk, length)) for start in range(0, length, max(chunk, 1))]
-
-
 def causal_attention(
     q: tf.Tensor,
     k: tf.Tensor,
@@ -142,7 +137,7 @@ def causal_attention(
 
     q, k, v: (b, heads, s, hs). pos_keys: (heads, s, hs) for distances s-1 ... 0 (as from
     ``positional_keys`` on the reversed sinusoid embedding). Scores, mask (-3e4) and
-    ``relative_shift`` are as in ``scmm.layers.Attention``, including the query chunking.
+    ``relative_shift`` are the plain op set's (``scmm.ops.kernels``), including the query chunking.
     ``scale`` multiplies the output (forward) and the q, k and v gradients (backward). pos_keys
     is a cut edge (only ``positional`` feeds it) and passes unscaled (cast to q's dtype).
 
@@ -162,35 +157,23 @@ def causal_attention(
       regular 2.771. A larger output puts more of the untrained attention average into the
       residual stream; plain mixing keeps the baseline's balance.
     """
-    seq = q.shape[2]
-    head_size = q.shape[3]
-    if seq is None or head_size is None:
-        raise ValueError(f"causal_attention needs static shapes, got {q.shape}")
     dtype = q.dtype
     if scale != 1.0:
         q, k, v = (scaling(t, backward=scale) for t in (q, k, v))
+    # Rounded once here (the scores and mixing below see the rounded unit-scale tensors).
     q, k, v = (precision.operand(t, "activation") for t in (q, k, v))
     pos_keys = precision.operand(as_compute(pos_keys, dtype), "activation")
-    temperature = tf.cast(head_size**-0.5, dtype)
-    mixed = []
-    for start, stop in _chunk_bounds(seq, query_chunk):
-        q_c = q[:, :, start:stop]  # (b, heads, chunk, hs)
-        content = precision.output(
-            tf.einsum("bnia,bnja->bnij", q_c, k[:, :, :stop])
-        )  # (b, heads, chunk, stop)
-        position = relative_shift(
-            precision.output(tf.einsum("bnia,nra->bnir", q_c, pos_keys[:, seq - stop :]))
-        )  # (b, heads, chunk, stop)
-        scores = (content + position) * temperature
-        causal = np.arange(stop)[None, :] <= np.arange(start, stop)[:, None]
-        scores = tf.where(tf.constant(causal), scores, tf.cast(MASK_VALUE, dtype))
-        weights = tf.nn.softmax(scores, axis=-1)
+
+    def contract(equation: str, a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+        return precision.output(tf.einsum(equation, a, b))
+
+    def mix(weights: tf.Tensor, values: tf.Tensor, stop: int) -> tf.Tensor:
         # Probabilities average 1/stop: times stop they are unit-scale for the low-precision
         # cast (an exact static rescaling when stop is a power of two).
         weights = precision.operand(weights * tf.cast(stop, dtype), "activation")
-        mixed.append(
-            precision.output(tf.einsum("bnij,bnja->bina", weights, v[:, :, :stop]))
-            / tf.cast(stop, dtype)
+        return precision.output(tf.einsum("bnij,bnja->bina", weights, values)) / tf.cast(
+            stop, dtype
         )
-    out = mixed[0] if len(mixed) == 1 else tf.concat(mixed, axis=1)  # (b, s, heads, hs)
+
+    out = causal_relative_attention(q, k, v, pos_keys, query_chunk, contract, mix)
     return scaling(out, forward=scale) if scale != 1.0 else out

@@ -16,67 +16,38 @@ forward value and no activation gradient. Under Adam (the paper's optimiser) a c
 per parameter cancels in m / sqrt(v), so training is unchanged up to epsilon. Under SGD it sets
 each parameter's effective learning rate.
 
-The factor is a Python float stored on the Keras variable and applied where the op reads the
-variable, in float32 on the gradient's way back to it. It is baked into a traced step, so set
-or restore factors before the first training step is compiled. Simulated low precision still
-rounds the weight gradient at its analytic scale (within a few octaves of 1).
+The factor is a column of the model's per-parameter table (``scmm.parameters``), applied by
+the trainer to each gradient as it comes off the tape, in the gradient's own dtype and before
+loss-scale unscaling: exactly where a custom gradient on the variable read would apply it.
+Simulated low precision still rounds the weight gradient at its analytic scale (within a few
+octaves of 1), and set or restore factors before the first training step is compiled: they
+are compile-time constants.
 """
 
 import math
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Sequence, Union
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from .scaling import as_compute, scaling
+from ..ops.kernels import scale_gradient
+from ..parameters import ParameterTable
 
-_FACTOR_ATTRIBUTE = "_scmm_gradient_factor"
-
-
-def gradient_factor(weight: Any) -> float:
-    """The calibrated gradient factor of a variable; 1.0 when uncalibrated or not a variable."""
-    return float(getattr(weight, _FACTOR_ATTRIBUTE, 1.0))
+Gradient = Union[tf.Tensor, tf.IndexedSlices]
 
 
-def read_weight(weight: Any, dtype: Optional[tf.DType] = None) -> tf.Tensor:
-    """A variable as a tensor (cast to ``dtype``), its gradient times its calibrated factor.
-
-    The factor is applied in the variable's own dtype (float32 master weights) after the
-    gradient is cast back, so it never changes low-precision rounding.
-    """
-    value = scaling(weight, backward=gradient_factor(weight))
-    return value if dtype is None else as_compute(value, dtype)
+def apply_gradient_factors(
+    variables: Sequence[Any], grads: Sequence[Gradient], factors: Mapping[str, float]
+) -> list[Gradient]:
+    """Each gradient times its variable's factor (by path); sparse gradients stay sparse."""
+    return [scale_gradient(g, factors.get(v.path, 1.0)) for v, g in zip(variables, grads)]
 
 
-def weight_gradient_factors(model: keras.layers.Layer) -> dict[str, float]:
-    """``{variable path: factor}`` for every trainable weight (1.0 where uncalibrated)."""
-    return {v.path: gradient_factor(v) for v in model.trainable_weights}
-
-
-def set_weight_gradient_factors(model: keras.layers.Layer, factors: Mapping[str, float]) -> None:
-    """Attach factors by variable path; the names must match the trainable weights exactly.
-
-    Call before the first training step is traced: the factors are compile-time constants.
-    """
-    variables = {v.path: v for v in model.trainable_weights}
-    missing, unknown = variables.keys() - factors.keys(), factors.keys() - variables.keys()
-    if missing or unknown:
-        raise ValueError(
-            f"weight-gradient factors do not match the model's trainable weights:"
-            f" missing {sorted(missing)[:5]}, unknown {sorted(unknown)[:5]}"
-        )
-    for name, value in factors.items():
-        value = float(value)
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(
-                f"weight-gradient factor for {name!r} is {value}; expected a finite value > 0"
-            )
-    for name, value in factors.items():
-        setattr(variables[name], _FACTOR_ATTRIBUTE, float(value))
-
-
-def _weight_gradients(model: keras.layers.Layer, batch: Mapping[str, Any]) -> dict[str, tf.Tensor]:
+def weight_gradients(
+    model: keras.layers.Layer, batch: Mapping[str, Any], factors: Mapping[str, float]
+) -> dict[str, tf.Tensor]:
+    """Every trainable weight's gradient on ``batch`` as the optimiser would see it (dense)."""
     tokens = tf.convert_to_tensor(np.asarray(batch["tokens"]), dtype=tf.int32)  # (b, s)
     mask = tf.convert_to_tensor(np.asarray(batch["mask"]), dtype=tf.bool)  # (b, s)
     weights = list(model.trainable_weights)
@@ -84,22 +55,23 @@ def _weight_gradients(model: keras.layers.Layer, batch: Mapping[str, Any]) -> di
         outputs = model(tokens, mask)
         loss = tf.cast(outputs["loss"], tf.float32)
     grads = tape.gradient(loss, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    grads = apply_gradient_factors(weights, grads, factors)
     return {v.path: tf.convert_to_tensor(g) for v, g in zip(weights, grads)}
 
 
 def calibrate_weight_gradients(
-    model: keras.layers.Layer, batch: Mapping[str, Any]
+    model: keras.layers.Layer, batch: Mapping[str, Any], table: ParameterTable
 ) -> dict[str, float]:
     """Measure each weight gradient's RMS on ``batch`` and set factors that make it 1.
 
     One forward + backward pass, run eagerly; the weights are not updated. Factors compose
-    with any already set, so re-calibrating an already calibrated model is a no-op on the
-    same batch. A parameter whose gradient is exactly zero on the batch keeps its factor, and
-    a non-finite gradient raises (naming the parameter) rather than storing a bad factor.
-    Returns the new factors by variable path.
+    with those already in ``table``, so re-calibrating is a no-op on the same batch. A
+    parameter whose gradient is exactly zero on the batch keeps its factor, and a non-finite
+    gradient raises (naming the parameter) rather than storing a bad factor. Returns the new
+    factors by variable path.
     """
-    factors = weight_gradient_factors(model)
-    for name, grad in _weight_gradients(model, batch).items():
+    factors = table.gradient_factors()
+    for name, grad in weight_gradients(model, batch, factors).items():
         rms = float(tf.sqrt(tf.reduce_mean(tf.square(tf.cast(grad, tf.float64)))))
         if not math.isfinite(rms):
             raise FloatingPointError(
@@ -107,5 +79,5 @@ def calibrate_weight_gradients(
             )
         if rms > 0:
             factors[name] /= rms
-    set_weight_gradient_factors(model, factors)
+    table.set_gradient_factors(factors)
     return factors

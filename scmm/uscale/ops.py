@@ -31,8 +31,8 @@ from typing import Callable, Optional
 import tensorflow as tf
 
 from .. import precision
-from .calibration import read_weight
-from .scaling import Constraint, as_compute, constrain, scaling, static_size
+from ..ops.kernels import as_compute, causal_conv_taps, normalise
+from .scaling import Constraint, constrain, scaling, static_size
 
 
 def weight_contraction(
@@ -51,7 +51,7 @@ def weight_contraction(
     forward, backward = scales
     # Simulated low precision rounds the unit-scale operands (the weight before a scale is
     # folded into it) and the unit gradient arriving at the product (``scmm.precision``).
-    w = precision.operand(read_weight(weight, x.dtype), "weight")
+    w = precision.operand(as_compute(weight, x.dtype), "weight")
     x = precision.operand(x, "activation")
     if forward == backward:  # fold into the weight (linear in w, so exact)
         return precision.output(
@@ -120,7 +120,7 @@ def add_bias(x: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
     is scaled by rows^-1/2.
     """
     rows = _parameter_rows(x, bias, "add_bias")
-    return x + scaling(read_weight(bias, x.dtype), backward=rows**-0.5)
+    return x + scaling(as_compute(bias, x.dtype), backward=rows**-0.5)
 
 
 def multiply_gain(x: tf.Tensor, gain: tf.Tensor) -> tf.Tensor:
@@ -130,7 +130,7 @@ def multiply_gain(x: tf.Tensor, gain: tf.Tensor) -> tf.Tensor:
     ``rows`` terms g * x, so it is scaled by rows^-1/2.
     """
     rows = _parameter_rows(x, gain, "multiply_gain")
-    return x * scaling(read_weight(gain, x.dtype), backward=rows**-0.5)
+    return x * scaling(as_compute(gain, x.dtype), backward=rows**-0.5)
 
 
 def embedding_lookup(
@@ -146,7 +146,7 @@ def embedding_lookup(
     """
     vocab = static_size(table.shape[:1], "embedding table")
     n_ids = static_size(ids.shape, "embedding ids")
-    table_t = read_weight(table)
+    table_t = tf.convert_to_tensor(table)
     out = tf.gather(scaling(table_t, backward=math.sqrt(vocab / n_ids)), ids)
     return out if dtype is None else as_compute(out, dtype)
 
@@ -175,13 +175,7 @@ def causal_conv1d(
     scales = constrain((taps * group_in) ** -0.5, (taps * group_out) ** -0.5, constraint)
 
     def contract(inputs: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
-        padded = tf.pad(inputs, [[0, 0], [taps - 1, 0], [0, 0]])  # (b, s+K-1, c_in)
-        grouped = tf.reshape(padded, [batch, seq + taps - 1, groups, group_in])
-        w = tf.reshape(w, [taps, group_in, groups, group_out])  # (K, c_in/g, g, c_out/g)
-        y = tf.einsum("bsgc,cgo->bsgo", grouped[:, 0:seq], w[0])
-        for tap in range(1, taps):
-            y += tf.einsum("bsgc,cgo->bsgo", grouped[:, tap : tap + seq], w[tap])
-        return tf.reshape(y, [batch, seq, c_out])  # (b, s, c_out)
+        return causal_conv_taps(inputs, w, groups, tf.einsum)  # (b, s, c_out)
 
     return weight_contraction(x, kernel, contract, scales, rows**-0.5)
 
@@ -198,9 +192,7 @@ def layer_norm(
     unit for a unit output gradient, so x needs no scaling. Gain and bias gradients are
     scaled by rows^-1/2 (``multiply_gain`` / ``add_bias``).
     """
-    x32 = tf.cast(x, tf.float32)
-    mean, variance = tf.nn.moments(x32, axes=[-1], keepdims=True)
-    y = tf.cast((x32 - mean) * tf.math.rsqrt(variance + epsilon), x.dtype)
+    y = normalise(x, epsilon)
     if gain is not None:
         y = multiply_gain(y, gain)
     if bias is not None:

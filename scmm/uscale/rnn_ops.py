@@ -11,8 +11,7 @@ activations to rescale: the state update s + g (h - s) needs g in (0, 1) and h i
 import tensorflow as tf
 
 from .. import precision
-from ..layers.rnn import highway_scan
-from .calibration import read_weight
+from ..ops.kernels import as_compute, highway_scan
 from .scaling import scaling, static_size
 
 # The states are running averages of tanh candidates with a mostly-closed transform gate
@@ -48,12 +47,12 @@ def rhn_kernels(
     """
     scale = rhn_gate_scale(input_kernel.shape[0], recurrent_kernel.shape[0])
     w = scaling(
-        precision.operand(read_weight(input_kernel, dtype), "weight"),
+        precision.operand(as_compute(input_kernel, dtype), "weight"),
         forward=scale,
         backward=rows**-0.5,
     )
     r = scaling(
-        read_weight(recurrent_kernel, dtype),
+        as_compute(recurrent_kernel, dtype),
         forward=scale,
         backward=rows**-0.5 * RECURRENT_GRAD_FACTOR,
     )
@@ -69,7 +68,7 @@ def recurrent_highway(
 ) -> tf.Tensor:
     """RHN states (b, s, h) from x (b, s, in), kernels (in, 2, h) / (h, 2, h), bias (2, h).
 
-    The same cell as ``scmm.layers.RecurrentHighway``:
+    The same cell as the plain op set (``scmm.layers.RecurrentHighway``):
     h_t = tanh(pre_0), g_t = sigmoid(pre_1 - rebias), s_t = s_{t-1} + g_t (h_t - s_{t-1}).
     Output multiplied by ``RHN_OUTPUT_SCALE``. Kernel and bias gradients: (b s)^-1/2 times the
     measured factors above. Measured at init (b 8, s 256, h 128, unit x, kernels and output
@@ -83,6 +82,6 @@ def recurrent_highway(
     x = precision.operand(x, "activation")
     gates_in = precision.output(tf.einsum("bsh,hgk->sbgk", x, w))  # (s, b, 2, h)
     shift = tf.constant([[0.0], [rebias]], dtype)  # (2, 1)
-    bias_t = scaling(read_weight(bias, dtype), backward=rows**-0.5 * BIAS_GRAD_FACTOR)
+    bias_t = scaling(as_compute(bias, dtype), backward=rows**-0.5 * BIAS_GRAD_FACTOR)
     gates_in = gates_in + (bias_t - shift)
     return highway_scan(gates_in, r) * tf.cast(RHN_OUTPUT_SCALE, dtype)  # (b, s, h)

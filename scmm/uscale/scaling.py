@@ -20,6 +20,8 @@ from typing import Literal, Sequence, Union, get_args
 
 import tensorflow as tf
 
+from ..ops.kernels import scale_gradient
+
 Constraint = Literal["gmean", "forward", "backward", "separate"]
 CONSTRAINTS: tuple[str, ...] = get_args(Constraint)
 
@@ -34,19 +36,6 @@ def _is_one(factor: Factor) -> bool:
 
 def _multiply(value: tf.Tensor, factor: Factor) -> tf.Tensor:
     return value * tf.cast(factor, value.dtype)
-
-
-def _scale_gradient(grad: Union[tf.Tensor, tf.IndexedSlices], factor: Factor) -> tf.Tensor:
-    """Multiply a dense or sparse gradient; sparse stays sparse (gathers give IndexedSlices)."""
-    if _is_one(factor):
-        return grad
-    if isinstance(grad, tf.IndexedSlices):
-        return tf.IndexedSlices(
-            values=_multiply(grad.values, factor),
-            indices=grad.indices,
-            dense_shape=grad.dense_shape,
-        )
-    return _multiply(grad, factor)
 
 
 def scaling(x: tf.Tensor, forward: Factor = 1.0, backward: Factor = 1.0) -> tf.Tensor:
@@ -67,7 +56,7 @@ def scaling(x: tf.Tensor, forward: Factor = 1.0, backward: Factor = 1.0) -> tf.T
     @tf.custom_gradient
     def _scaled(value: tf.Tensor) -> tuple[tf.Tensor, object]:
         def grad(upstream: Union[tf.Tensor, tf.IndexedSlices]) -> tf.Tensor:
-            return _scale_gradient(upstream, backward)
+            return scale_gradient(upstream, backward)
 
         out = tf.identity(value) if _is_one(forward) else _multiply(value, forward)
         return out, grad
@@ -105,9 +94,3 @@ def static_size(dims: Sequence[object], what: str) -> int:
             raise ValueError(f"{what} needs a static shape, got {list(dims)}")
         size *= int(dim)  # type: ignore[call-overload]
     return size
-
-
-def as_compute(value: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
-    """A variable or tensor read as a tensor of the compute dtype (no-op cast when equal)."""
-    value = tf.convert_to_tensor(value)
-    return value if value.dtype == dtype else tf.cast(value, dtype)

@@ -1,0 +1,89 @@
+"""What a run reports: chunk metrics, throughput, the parameter table file, the final lines.
+
+Kept apart from the runner so that the runner is wiring: these are pure functions of the
+numbers a run produced.
+"""
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..parameters import ParameterTable
+from ..training.settings import OptimiserSettings
+
+# Per-step arrays the trainer returns that are summarised specially (not "last value").
+_SPECIAL = ("loss", "n_tokens", "learning_rate", "loss_scale", "skipped")
+
+
+@dataclasses.dataclass
+class Throughput:
+    """Training tokens and seconds, excluding calls that compiled a new loop shape."""
+
+    tokens: float = 0.0
+    seconds: float = 0.0
+    compile_seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Training throughput (NaN before the first measured call)."""
+        return self.tokens / self.seconds if self.seconds > 0 else float("nan")
+
+
+def chunk_metrics(results: Mapping[str, np.ndarray], elapsed: float) -> dict[str, Any]:
+    """The ``train_step`` record of one compiled chunk from its per-step arrays.
+
+    Mean and last loss, the learning rate and loss scale at the last step, skipped steps,
+    tokens and throughput, and the last value of every other scalar the model returned.
+    """
+    tokens = float(np.sum(results["n_tokens"]))
+    mean_loss = float(np.mean(results["loss"]))
+    metrics: dict[str, Any] = {
+        "loss": mean_loss,
+        "bpc": mean_loss / math.log(2),
+        "loss_last": float(results["loss"][-1]),
+        "learning_rate": float(results["learning_rate"][-1]),
+        "tokens": tokens,
+        "tokens_per_second": tokens / elapsed,
+    }
+    for name, values in results.items():
+        if name not in _SPECIAL:
+            metrics[name] = float(values[-1])
+    metrics.update(
+        loss_scale=float(results["loss_scale"][-1]),
+        skipped_steps=int(np.sum(results["skipped"])),
+        steps=len(results["loss"]),
+    )
+    return metrics
+
+
+def parameters_record(
+    table: ParameterTable, optimiser: OptimiserSettings, scheme: str
+) -> dict[str, Any]:
+    """``parameters.json``: every row of the table with its effective learning rate and weight
+    decay (peak values; the schedule multiplies every rate alike)."""
+    rows = [
+        {
+            **row.to_dict(),
+            "learning_rate": optimiser.learning_rate * row.learning_rate_multiplier,
+            "weight_decay": optimiser.weight_decay * row.weight_decay_multiplier,
+        }
+        for row in table
+    ]
+    return {"scheme": scheme, "depth": table.depth, "parameters": rows}
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """A few lines on stdout at the end of a run."""
+
+    def fmt(key: str, spec: str = ".4f") -> str:
+        value = summary.get(key)
+        return format(value, spec) if isinstance(value, float) and math.isfinite(value) else "n/a"
+
+    print(
+        f"{summary['status']} at step {summary['step']}: train bpc {fmt('train_bpc')},"
+        f" valid bpc {fmt('valid_bpc')}, test bpc {fmt('test_bpc')},"
+        f" {fmt('tokens_per_second', '.0f')} tokens/s"
+    )
+    print(f"outputs: {summary['out_dir']}")
