@@ -37,6 +37,10 @@ class OptimiserSettings(draccus.ChoiceRegistry):
         seed: int = 0,
     ) -> "Optimiser":
         """The optimiser this choice describes, over ``variables`` (multipliers by path)."""
+        return self.optimiser_class()(self, variables, parameters, weights, seed)
+
+    def optimiser_class(self) -> type["Optimiser"]:
+        """The optimiser class of this choice (imported on first use: TensorFlow loads)."""
         raise NotImplementedError
 
     def validate(self) -> None:
@@ -68,16 +72,10 @@ class AdamWSettings(OptimiserSettings):
     epsilon: float = 1e-8
     """Added to the root second moment in the update's denominator."""
 
-    def build(
-        self,
-        variables: Sequence["keras.Variable"],
-        parameters: "ParameterTable",
-        weights: WeightStorage = "master",
-        seed: int = 0,
-    ) -> "Optimiser":
+    def optimiser_class(self) -> type["Optimiser"]:
         from .optimisers import AdamW
 
-        return AdamW(self, variables, parameters, weights, seed)
+        return AdamW
 
     def validate(self) -> None:
         super().validate()
@@ -96,16 +94,10 @@ class SGDMSettings(OptimiserSettings):
     momentum: float = 0.9
     """Velocity decay: v = momentum * v + g."""
 
-    def build(
-        self,
-        variables: Sequence["keras.Variable"],
-        parameters: "ParameterTable",
-        weights: WeightStorage = "master",
-        seed: int = 0,
-    ) -> "Optimiser":
+    def optimiser_class(self) -> type["Optimiser"]:
         from .optimisers import SGDM
 
-        return SGDM(self, variables, parameters, weights, seed)
+        return SGDM
 
     def validate(self) -> None:
         super().validate()
