@@ -50,7 +50,7 @@ import ml_dtypes
 import numpy as np
 import tensorflow as tf
 
-from ..experiments.files import atomic_open
+from ..io import atomic_open
 
 PASSES = ("forward", "backward", "weight_gradient")
 LOSS_GRADIENT_NAME = "loss/logits"

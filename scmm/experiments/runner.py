@@ -18,12 +18,12 @@ from typing import Any, Optional
 import numpy as np
 
 from .. import datasets
+from ..io import write_json
 from ..models import CharLM
 from ..pedal import Execution, split_seed
 from ..training import NonFiniteError, Trainer, bits_per_character, vector_learning_rate_scales
 from ..uscale.calibration import set_weight_gradient_factors, weight_gradient_factors
 from . import checkpoints, diagnostics
-from .files import write_json
 from .progress import Progress
 from .settings import ExperimentSettings, to_dict
 from .trackers import (

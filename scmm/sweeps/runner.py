@@ -13,8 +13,8 @@ import signal
 import time
 from typing import Any, Optional, Protocol
 
-from ..experiments.files import write_json
 from ..experiments.settings import SettingsError
+from ..io import atomic_open, write_json
 from . import results as results_module
 from .definition import Configuration, LrSearch, SweepDefinition
 from .executors import EXIT_DIVERGED, EXIT_FINISHED, TrialOutcome, TrialSpec
@@ -262,8 +262,6 @@ class Sweep:
 
 def write_text(path: str, text: str) -> None:
     """Atomic text write."""
-    from ..experiments.files import atomic_open  # pylint: disable=import-outside-toplevel
-
     with atomic_open(path) as file:
         file.write(text)
 
