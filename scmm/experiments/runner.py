@@ -36,7 +36,8 @@ from .trackers import (
     wandb_logged_in,
 )
 
-EXIT_FINISHED, EXIT_FAILED, EXIT_USAGE, EXIT_DIVERGED = 0, 1, 2, 3
+from ..exit_codes import EXIT_DIVERGED, EXIT_FAILED, EXIT_FINISHED
+from ..exit_codes import EXIT_USAGE  # pylint: disable=unused-import  # re-exported
 
 
 def default_out_dir(settings: ExperimentSettings) -> str:

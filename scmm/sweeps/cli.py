@@ -6,14 +6,13 @@ import os
 import sys
 from typing import TYPE_CHECKING, Optional, Sequence
 
+from ..exit_codes import EXIT_USAGE
 from ..experiments import cli as experiment_cli
 from ..experiments.settings import SettingsError, check_data_folder
 from .definition import Configuration, SweepDefinition, expand, load_definition
 
 if TYPE_CHECKING:
     from .runner import Executor
-
-EXIT_USAGE = 2
 
 DESCRIPTION = """\
 Run a sweep of experiments: a sweep preset or YAML/JSON sweep file, expanded into
