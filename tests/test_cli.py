@@ -204,6 +204,33 @@ def test_unknown_key_names_the_key() -> None:
     assert "learnin_rate" in settings_error("--training.optimiser.learnin_rate", "0.1")
 
 
+def test_unknown_key_lists_the_fields_that_exist() -> None:
+    message = settings_error("--model.hidden_sise", "256")
+    assert message.startswith("`model`: unknown key 'hidden_sise' (expected one of ")
+    assert "hidden_size" in message.split("expected one of")[1]
+    choice = settings_error("--model.sequence.type", "conv", "--model.sequence.heads", "4")
+    assert "`model.sequence`: unknown key 'heads'" in choice and "kernel_size" in choice
+
+
+def test_booleans_and_nulls_are_not_numbers() -> None:
+    # draccus alone would read true as 1 step and keep null as steps=None.
+    assert "`training.steps`: expected an integer, got the boolean true" in settings_error(
+        "--training.steps", "true"
+    )
+    assert "`training.loss_scale`: expected a number, got the boolean false" in settings_error(
+        "--training.loss_scale", "false"
+    )
+    assert "`training.steps`: must not be null" in settings_error("--training.steps", "null")
+    assert "`metadata.tags.1`: must not be null" in settings_error("--metadata.tags", "[a, null]")
+    assert "`data`: expected a mapping" in settings_error("--data", "5")
+    assert parse("--seed", "null").seed is None and parse("--data.path", "null").data.path is None
+
+
+def test_decode_errors_are_one_line() -> None:
+    message = settings_error("--seed", "abc")  # draccus reports unions over several lines
+    assert "\n" not in message and "seed" in message and "abc" in message
+
+
 def test_wrong_type_names_the_path() -> None:
     message = settings_error("--model.hidden_size", "abc")
     assert "model.hidden_size" in message and "abc" in message
