@@ -8,8 +8,8 @@ import pytest
 import yaml
 from experiment_helpers import write_grammar_folder
 
-from scmm.experiments import ExperimentSettings, SettingsError, cli, from_dict, main, presets
-from scmm.experiments import to_dict
+from scmm.experiments import ExperimentSettings, SettingsError, cli, from_dict, main, overrides
+from scmm.experiments import presets, to_dict
 from scmm.models.settings import AttentionSettings, ConvSettings, RNNSettings
 from scmm.training.settings import AdamWSettings, SGDMSettings
 
@@ -32,7 +32,7 @@ def settings_error(*argv: str) -> str:
 def test_no_arguments_is_the_default_preset() -> None:
     settings = parse()
     assert settings.preset == cli.DEFAULT_PRESET == "default"
-    expected = from_dict(cli.merge(to_dict(ExperimentSettings()), presets.preset("default")))
+    expected = from_dict(overrides.merge(to_dict(ExperimentSettings()), presets.preset("default")))
     expected.preset = "default"
     assert settings == expected
     assert settings.model.hidden_size == 128 and settings.model.depth == 4
@@ -81,6 +81,33 @@ def test_yaml_1_1_words_stay_text_on_the_command_line() -> None:
     assert parse("--output.wandb=off").output.wandb == "off"
     assert parse("--output.keep_best", "false").output.keep_best is False
     assert parse("--seed", "null").seed is None
+
+
+def test_overrides_are_found_by_name_wherever_they_are() -> None:
+    # The one scanner both command lines use: dotted paths and top-level fields are overrides;
+    # everything else (own options, their values, positionals) stays, in order.
+    argv = ["smoke", "--seed", "5", "--out=x", "--model.depth=2", "--dry-run", "--w", "2"]
+    own, pairs = overrides.split_overrides(argv)
+    assert own == ["smoke", "--out=x", "--dry-run", "--w", "2"]
+    assert pairs == [("seed", "5"), ("model.depth", "2")]
+    # A value is the next token, whatever it looks like; --preset is a run option, not a field.
+    assert overrides.split_overrides(["--training.loss_scale", "-1", "--preset", "p"]) == (
+        ["--preset", "p"],
+        [("training.loss_scale", "-1")],
+    )
+
+
+def test_one_layer_of_overrides_does_not_depend_on_order() -> None:
+    pairs = [("model.sequence.groups", 4), ("model.sequence.type", "conv"), ("seed", 1)]
+    tree = overrides.overrides_to_tree(pairs)
+    assert tree == overrides.overrides_to_tree(reversed(pairs))
+    assert tree == {"model": {"sequence": {"groups": 4, "type": "conv"}}, "seed": 1}
+    assert parse("--model.sequence.groups", "4", "--model.sequence.type", "conv") == parse(
+        "--model.sequence.type", "conv", "--model.sequence.groups", "4"
+    )
+    preset_value = {"x": 1}
+    overrides.overrides_to_tree([("a.b", preset_value), ("a.b.y", 2)])
+    assert preset_value == {"x": 1}  # the caller's value is copied, never written into
 
 
 # Choice nodes -------------------------------------------------------------------------------
@@ -210,6 +237,8 @@ def test_unknown_key_lists_the_fields_that_exist() -> None:
     assert "hidden_size" in message.split("expected one of")[1]
     choice = settings_error("--model.sequence.type", "conv", "--model.sequence.heads", "4")
     assert "`model.sequence`: unknown key 'heads'" in choice and "kernel_size" in choice
+    option = settings_error("--bogus", "1")
+    assert "'--bogus'" in option and "--preset" in option and "seed" in option
 
 
 def test_booleans_and_nulls_are_not_numbers() -> None:
