@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 import struct
+from typing import Any
 
 import numpy as np
 import pytest
@@ -230,6 +231,26 @@ def test_plot_scales_writes_png(tmp_path: pathlib.Path, attention_case: Case) ->
     assert os.path.getsize(path) > 20_000
     std_path = plot_scales(records, str(tmp_path / "std.png"), statistic="std")
     assert png_size(std_path)[0] >= 800
+
+
+def test_a_failed_redraw_keeps_the_previous_figure(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from matplotlib.figure import Figure
+
+    records = [tensor_record("layer", p, np.full(8, 0.5)) for p in PASSES]
+    path = plot_scales(records, str(tmp_path / "scales.png"))
+    before = pathlib.Path(path).read_bytes()
+
+    def half_a_png(_: Figure, file: Any, **__: Any) -> None:
+        file.write(before[:100])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Figure, "savefig", half_a_png)
+    with pytest.raises(OSError, match="disk full"):
+        plot_scales(records, path)
+    assert pathlib.Path(path).read_bytes() == before
+    assert os.listdir(tmp_path) == ["scales.png"]  # no temporary file left behind
 
 
 def test_command_line_summarises_and_compares_runs(

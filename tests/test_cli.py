@@ -8,8 +8,8 @@ import pytest
 import yaml
 from experiment_helpers import write_grammar_folder
 
-from scmm.experiments import ExperimentSettings, SettingsError, cli, from_dict, main, presets
-from scmm.experiments import to_dict
+from scmm.experiments import ExperimentSettings, SettingsError, cli, from_dict, main, overrides
+from scmm.experiments import presets, to_dict
 from scmm.models.settings import AttentionSettings, ConvSettings, RNNSettings
 from scmm.schemes import UnitScalingSettings
 from scmm.training.settings import AdamWSettings, SGDMSettings
@@ -33,7 +33,7 @@ def settings_error(*argv: str) -> str:
 def test_no_arguments_is_the_default_preset() -> None:
     settings = parse()
     assert settings.preset == cli.DEFAULT_PRESET == "default"
-    expected = from_dict(cli.merge(to_dict(ExperimentSettings()), presets.preset("default")))
+    expected = from_dict(overrides.merge(to_dict(ExperimentSettings()), presets.preset("default")))
     expected.preset = "default"
     assert settings == expected
     assert settings.model.hidden_size == 128 and settings.model.depth == 4
@@ -82,6 +82,33 @@ def test_yaml_1_1_words_stay_text_on_the_command_line() -> None:
     assert parse("--output.wandb=off").output.wandb == "off"
     assert parse("--output.keep_best", "false").output.keep_best is False
     assert parse("--seed", "null").seed is None
+
+
+def test_overrides_are_found_by_name_wherever_they_are() -> None:
+    # The one scanner both command lines use: dotted paths and top-level fields are overrides;
+    # everything else (own options, their values, positionals) stays, in order.
+    argv = ["smoke", "--seed", "5", "--out=x", "--model.depth=2", "--dry-run", "--w", "2"]
+    own, pairs = overrides.split_overrides(argv)
+    assert own == ["smoke", "--out=x", "--dry-run", "--w", "2"]
+    assert pairs == [("seed", "5"), ("model.depth", "2")]
+    # A value is the next token, whatever it looks like; --preset is a run option, not a field.
+    assert overrides.split_overrides(["--training.loss_scale", "-1", "--preset", "p"]) == (
+        ["--preset", "p"],
+        [("training.loss_scale", "-1")],
+    )
+
+
+def test_one_layer_of_overrides_does_not_depend_on_order() -> None:
+    pairs = [("model.sequence.groups", 4), ("model.sequence.type", "conv"), ("seed", 1)]
+    tree = overrides.overrides_to_tree(pairs)
+    assert tree == overrides.overrides_to_tree(reversed(pairs))
+    assert tree == {"model": {"sequence": {"groups": 4, "type": "conv"}}, "seed": 1}
+    assert parse("--model.sequence.groups", "4", "--model.sequence.type", "conv") == parse(
+        "--model.sequence.type", "conv", "--model.sequence.groups", "4"
+    )
+    preset_value = {"x": 1}
+    overrides.overrides_to_tree([("a.b", preset_value), ("a.b.y", 2)])
+    assert preset_value == {"x": 1}  # the caller's value is copied, never written into
 
 
 # Choice nodes -------------------------------------------------------------------------------
@@ -203,6 +230,35 @@ def test_unknown_key_names_the_key() -> None:
     assert "hidden_sise" in message and "model" in message
     assert "bogus" in settings_error("--bogus", "1")
     assert "learnin_rate" in settings_error("--training.optimiser.learnin_rate", "0.1")
+
+
+def test_unknown_key_lists_the_fields_that_exist() -> None:
+    message = settings_error("--model.hidden_sise", "256")
+    assert message.startswith("`model`: unknown key 'hidden_sise' (expected one of ")
+    assert "hidden_size" in message.split("expected one of")[1]
+    choice = settings_error("--model.sequence.type", "conv", "--model.sequence.heads", "4")
+    assert "`model.sequence`: unknown key 'heads'" in choice and "kernel_size" in choice
+    option = settings_error("--bogus", "1")
+    assert "'--bogus'" in option and "--preset" in option and "seed" in option
+
+
+def test_booleans_and_nulls_are_not_numbers() -> None:
+    # draccus alone would read true as 1 step and keep null as steps=None.
+    assert "`training.steps`: expected an integer, got the boolean true" in settings_error(
+        "--training.steps", "true"
+    )
+    assert "`training.loss_scale`: expected a number, got the boolean false" in settings_error(
+        "--training.loss_scale", "false"
+    )
+    assert "`training.steps`: must not be null" in settings_error("--training.steps", "null")
+    assert "`metadata.tags.1`: must not be null" in settings_error("--metadata.tags", "[a, null]")
+    assert "`data`: expected a mapping" in settings_error("--data", "5")
+    assert parse("--seed", "null").seed is None and parse("--data.path", "null").data.path is None
+
+
+def test_decode_errors_are_one_line() -> None:
+    message = settings_error("--seed", "abc")  # draccus reports unions over several lines
+    assert "\n" not in message and "seed" in message and "abc" in message
 
 
 def test_wrong_type_names_the_path() -> None:

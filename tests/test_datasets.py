@@ -19,6 +19,7 @@ from scmm.datasets import (
 )
 from scmm.datasets import corpus as corpus_module
 from scmm.datasets.loading import count_and_collect, encode_file
+from scmm.io import TEMP_PREFIX
 
 TEXTS = {
     "train": "Hello, world!\nThe quick brown fox. Ünïcödé ✓ 😀\r\n" * 20,
@@ -99,7 +100,7 @@ def test_vocab_save_load(tmp_path: Path) -> None:
     assert Vocab.load(path) == vocab
     (tmp_path / "list.json").write_text(json.dumps(["x", "y"]), encoding="utf-8")
     assert Vocab.load(tmp_path / "list.json").chars == ("x", "y")
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)]
 
 
 # Chunked encoding -------------------------------------------------------------------------
@@ -124,7 +125,7 @@ def test_chunked_encoding_reports_global_offset(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="'valid' at character offset 100"):
         encode_file(path, Vocab(["a", "b"]), tmp_path / "ids.npy", "valid", chunk_chars=8)
     assert not (tmp_path / "ids.npy").exists()
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob(TEMP_PREFIX + "*"))
 
 
 # Folder loading and caching --------------------------------------------------------------

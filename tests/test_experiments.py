@@ -35,7 +35,7 @@ from experiment_helpers import (
 )
 
 from scmm.experiments import checkpoints, from_dict
-from scmm.experiments.files import atomic_open, read_jsonl, write_json, write_npz
+from scmm.io import TEMP_PREFIX, atomic_open, read_jsonl, write_json, write_npz
 from scmm.experiments.trackers import CompositeTracker, JsonlTracker, SafeTracker, truncate_log
 
 # Small and fast: XLA off where the compiled path is not what is being tested.
@@ -252,7 +252,7 @@ def test_smoke_run_end_to_end(runs: RunPool) -> None:
     best_step = min(valids, key=lambda r: r["loss"])["step"]
     assert best_state["step"] == best_step
     assert not (out / "wandb").exists()
-    assert not list(out.rglob(".tmp-*"))
+    assert not list(out.rglob(TEMP_PREFIX + "*"))
 
 
 # 5. Unseen data folder ----------------------------------------------------------------------
@@ -528,7 +528,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path: Path, cache_dir:
 
 
 def _temp_files(folder: Path) -> list[Path]:
-    return [p for p in folder.iterdir() if p.name.startswith(".tmp-")]
+    return [p for p in folder.iterdir() if p.name.startswith(TEMP_PREFIX)]
 
 
 def test_atomic_open_failure_keeps_the_previous_file(tmp_path: Path) -> None:

@@ -114,10 +114,19 @@ def test_extra_overrides_apply_to_every_configuration() -> None:
             {"axes": {"v": {"a": {"model.scaling.type": "unit"}}}, "filters": [{"w": 1}]},
             "unknown axes",
         ),
-        ({"axess": {}}, "unknown sweep keys"),
+        ({"axess": {}}, r"^test: unknown key 'axess' \(expected one of axes, base, "),
         ({"lr_search": {"start": -1.0}}, "lr_search.start"),
-        ({"lr_search": {"begin": 1.0}}, "unknown lr_search keys"),
+        ({"lr_search": {"begin": 1.0}}, r"`lr_search`: unknown key 'begin' .*max_points"),
+        ({"lr_search": {"max_points": True}}, r"`lr_search.max_points`: .* boolean true"),
+        ({"lr_search": {"start": float("inf")}}, "lr_search.start must be finite"),
         ({"repeats": 0}, "repeats"),
+        ({"repeats": True}, r"`repeats`: expected an integer, got the boolean true"),
+        ({"repeats": 1.5}, "`repeats`"),
+        ({"description": None}, "`description`: must not be null"),
+        ({"filters": {"v": 1}}, "`filters`"),
+        ({"table_rows": [None]}, r"`table_rows.0`: must not be null"),
+        ({"axes": {"v": {"a": {"lr_search.begin": 1}}}}, "v=a: lr_search: unknown key 'begin'"),
+        ({"axes": {"v": {"a": {"model.depth": 2, "model.depth.x": 3}}}}, "goes through a value"),
         ({"axes": {"v": {"a": 3}}}, "must map dotted paths"),
         ({"axes": {"v": [1]}, "filters": [{"v": 1}]}, "drop every configuration"),
         ({"base": "no-such-preset"}, "no-such-preset"),
@@ -145,6 +154,71 @@ def test_sweep_file_yaml(tmp_path: pathlib.Path) -> None:
         "training.optimiser.learning_rate=0.001",
         "training.optimiser.learning_rate=0.01",
     ]
+
+
+def test_sweep_file_is_read_and_checked_like_a_settings_file(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "words.yaml"
+    # YAML 1.2 booleans, as in settings files: off stays the text "off" (YAML 1.1: False).
+    path.write_text("base: smoke\noverrides: {output.wandb: off, unit_scale: true}\n")
+    configs = expand(load_definition(str(path)))
+    assert len(configs) == 1
+    config = configs[0]
+    assert config.settings["output"]["wandb"] == "off" and config.settings["unit_scale"] is True
+    path.write_text("base: smoke\nrepeat: 2\n")
+    with pytest.raises(SettingsError, match=f"^{path}: unknown key 'repeat' .*repeats"):
+        load_definition(str(path))
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"base": "smoke",')
+    with pytest.raises(SettingsError, match="broken.json.* is not valid JSON"):
+        load_definition(str(broken))
+
+
+def test_a_settings_file_base_names_itself_in_errors(tmp_path: pathlib.Path) -> None:
+    base = tmp_path / "base.yaml"
+    base.write_text("training:\n  steps: 12\n")
+    configs = expand(definition(base=str(base)))
+    assert len(configs) == 1
+    config = configs[0]
+    assert config.settings["training"]["steps"] == 12 and config.settings["preset"] == ""
+    base.write_text("- not a tree\n")
+    with pytest.raises(SettingsError, match=r"configuration base: base '.*base.yaml' must hold"):
+        expand(definition(base=str(base)))
+
+
+def test_configurations_resolve_exactly_as_run_experiment_would() -> None:
+    from scmm.experiments import cli as experiment_cli
+
+    sweep = definition(
+        overrides={"model.residual.weighting": "mean", "training.steps": 8},
+        axes={"variant": {"regular": {"unit_scale": False}, "unit": {"unit_scale": True}}},
+    )
+    for config in expand(sweep, {"model.depth": 1}):
+        argv = ["--preset", "smoke", "--model.residual.weighting", "mean", "--training.steps"]
+        argv += ["8", "--unit_scale", str(config.settings["unit_scale"]).lower()]
+        invocation = experiment_cli.parse([*argv, "--model.depth", "1"])
+        assert invocation is not None
+        assert config.settings == experiment_cli.settings_dict(invocation.settings), config.key
+
+
+def test_layers_merge_in_order_and_a_later_type_change_drops_earlier_fields() -> None:
+    conv = {"model.sequence.groups": 4, "model.sequence.type": "conv"}  # one layer: any order
+    sweep = definition(
+        overrides={"model.sequence.heads": 4, "model.residual.weighting": "mean"},
+        axes={"mixer": {"attention": {}, "conv": conv}},
+    )
+    configs = {c.key: c.settings["model"]["sequence"] for c in expand(sweep)}
+    assert configs["mixer=attention"]["heads"] == 4
+    assert configs["mixer=conv"]["type"] == "conv" and configs["mixer=conv"]["groups"] == 4
+    assert "heads" not in configs["mixer=conv"]  # the sweep-wide attention field went away
+
+
+def test_top_level_fields_are_overrides_on_the_sweep_command_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert sweep_cli.main(["smoke", "--dry-run", "--training.steps", "5", "--seed", "9"]) == 0
+    assert "5 steps" in capsys.readouterr().out
+    assert sweep_cli.main(["smoke", "--dry-run", "--training.steps", "true"]) == 2
+    assert "`training.steps`: expected an integer, got the boolean true" in capsys.readouterr().err
 
 
 def test_paper_table_has_the_papers_twenty_configurations() -> None:

@@ -22,7 +22,6 @@ Drawn on an Agg canvas directly (no pyplot, no display, the global backend is un
 """
 
 import math
-import os
 from typing import Any, Optional, Sequence
 
 import matplotlib
@@ -33,6 +32,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
+from ..io import atomic_open
 from .scales import FORMATS, LOSS_GRADIENT_NAME, ScaleRecord, format_range
 
 PANELS = (
@@ -329,7 +329,8 @@ def plot_scales(  # pylint: disable=too-many-locals,too-many-arguments
     )
     legend_rows = math.ceil(len(legend_handles) / 3)
     fig.tight_layout(rect=(0.0, 0.0, 1.0, 0.975 - 0.0115 * legend_rows))
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    # Atomically: the run's scales.png is redrawn at every validation, and a kill mid-write
+    # must leave the previous figure, not a truncated PNG.
+    with atomic_open(path, "wb") as file:
+        fig.savefig(file, format="png", dpi=dpi)
     return path

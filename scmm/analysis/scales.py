@@ -43,7 +43,6 @@ such values saturate or become NaN depending on the cast; both count as overflow
 import contextlib
 import dataclasses
 import json
-import math
 import os
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
@@ -52,7 +51,7 @@ import ml_dtypes
 import numpy as np
 import tensorflow as tf
 
-from ..experiments.files import atomic_open
+from ..io import atomic_open, finite_or_none
 from ..ops.kernels import scale_gradient
 
 PASSES = ("forward", "backward", "weight_gradient")
@@ -352,17 +351,6 @@ def collect_scales(
 # Files ---------------------------------------------------------------------------------------
 
 
-def _strict(value: Any) -> Any:
-    """NaN/inf floats -> None (strict JSON)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_strict(v) for v in value]
-    return value
-
-
 def load_scales_json(path: str) -> list[ScaleRecord]:
     """Records written by ``write_scales_json``."""
     with open(path, encoding="utf-8") as file:
@@ -379,7 +367,7 @@ def write_scales_json(path: str, records: Sequence[ScaleRecord], append: bool = 
     them; the whole file is still rewritten through a temporary file and ``os.replace``.
     """
     existing = load_scales_json(path) if append and os.path.exists(path) else []
-    data = [_strict(r.to_dict()) for r in [*existing, *records]]
+    data = [finite_or_none(r.to_dict()) for r in [*existing, *records]]
     with atomic_open(path) as file:
         json.dump(data, file, indent=1)
         file.write("\n")

@@ -29,14 +29,12 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ..io import atomic_memmap, atomic_save_npy, atomic_write_text
 from . import corpus
 from .settings import DataSettings
 from .storage import (
     DEFAULT_CHUNK_CHARS,
     DataError,
-    atomic_memmap,
-    atomic_save_npy,
-    atomic_write_text,
     file_fingerprint,
     read_text_chunks,
     resolve_cache_dir,

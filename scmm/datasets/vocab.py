@@ -19,7 +19,8 @@ from typing import Any, Iterable, Sequence, Union
 
 import numpy as np
 
-from .storage import DataError, PathLike, atomic_write_text
+from ..io import PathLike, atomic_write_text
+from .storage import DataError
 
 VOCAB_FILENAME = "vocab.json"
 

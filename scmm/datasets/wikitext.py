@@ -49,7 +49,8 @@ from typing import Any, BinaryIO, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .storage import DataError, PathLike, atomic_path, atomic_write_text
+from ..io import PathLike, atomic_path, atomic_write_text
+from .storage import DataError
 from .vocab import Vocab, text_codepoints
 
 REPO_ID = "Salesforce/wikitext"

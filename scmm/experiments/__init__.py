@@ -3,13 +3,10 @@
 import sys
 from typing import Optional, Sequence
 
+from ..exit_codes import EXIT_USAGE
 from .settings import ExperimentSettings, SettingsError, from_dict, to_dict
 
-__all__ = ["ExperimentSettings", "SettingsError", "from_dict", "main", "to_dict"]
-
-# Exit code for bad input (also runner.EXIT_USAGE; repeated here so main() can report bad input
-# without importing TensorFlow).
-EXIT_USAGE = 2
+__all__ = ["EXIT_USAGE", "ExperimentSettings", "SettingsError", "from_dict", "main", "to_dict"]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

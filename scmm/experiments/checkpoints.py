@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .files import write_npz
+from ..io import write_npz
 
 STATE_KEY = "__state__"
 

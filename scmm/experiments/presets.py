@@ -15,6 +15,10 @@ from typing import Any
 
 Overrides = dict[str, Any]
 
+# The preset a run starts from when none is named (run_experiment.py without --preset; a sweep
+# without a base).
+DEFAULT_PRESET = "default"
+
 _PAPER_BASE: Overrides = {
     "data": {"path": "data/wikitext-103", "sequence_length": 256, "overlap_length": 32},
     "model": {

@@ -18,19 +18,18 @@ from typing import Any, Optional
 
 
 from .. import datasets
+from ..exit_codes import EXIT_DIVERGED, EXIT_FAILED, EXIT_FINISHED
+from ..io import write_json
 from ..models import CharLM
 from ..parameters import ParameterTable
 from ..pedal import Execution, split_seed
 from ..training import NonFiniteError, Trainer, bits_per_character
 from . import checkpoints, diagnostics
-from .files import write_json
 from .hooks import Hook, chunk_length, run_due
 from .progress import Progress
 from .reporting import Throughput, chunk_metrics, parameters_record, print_summary
 from .settings import ExperimentSettings, to_dict
 from .trackers import Tracker, open_trackers, truncate_log
-
-EXIT_FINISHED, EXIT_FAILED, EXIT_USAGE, EXIT_DIVERGED = 0, 1, 2, 3
 
 
 def default_out_dir(settings: ExperimentSettings) -> str:

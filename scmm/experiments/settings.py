@@ -15,6 +15,17 @@ from ..datasets.settings import DataSettings
 from ..models.settings import ModelSettings
 from ..pedal.settings import ExecutionSettings
 from ..training.settings import TrainingSettings
+from .decoding import SettingsError, decode
+
+__all__ = [
+    "ExperimentSettings",
+    "MetadataSettings",
+    "OutputSettings",
+    "SettingsError",
+    "check_data_folder",
+    "from_dict",
+    "to_dict",
+]
 
 
 @dataclasses.dataclass
@@ -163,11 +174,4 @@ def migrate(tree: dict[str, Any]) -> dict[str, Any]:
 def from_dict(data: dict[str, Any]) -> ExperimentSettings:
     """Strict decode: unknown keys, wrong types and unknown choices raise ``SettingsError``."""
     check_moved(data)
-    try:
-        return draccus.decode(ExperimentSettings, data)
-    except (draccus.utils.DecodingError, draccus.utils.ParsingError) as error:
-        raise SettingsError(str(error)) from None
-
-
-class SettingsError(ValueError):
-    """A settings file, preset or command-line override does not fit the settings tree."""
+    return decode(ExperimentSettings, data)

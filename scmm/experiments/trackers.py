@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any, Optional, Protocol, Sequence
 
-from .files import atomic_open, read_jsonl
+from ..io import atomic_open, read_jsonl
 from .settings import ExperimentSettings, to_dict
 
 

@@ -6,21 +6,21 @@ import os
 import sys
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from ..experiments import cli as experiment_cli
+from ..exit_codes import EXIT_USAGE
+from ..experiments.overrides import parse_value, split_overrides
 from ..experiments.settings import SettingsError, check_data_folder
 from .definition import Configuration, SweepDefinition, expand, load_definition
 
 if TYPE_CHECKING:
     from .runner import Executor
 
-EXIT_USAGE = 2
-
 DESCRIPTION = """\
 Run a sweep of experiments: a sweep preset or YAML/JSON sweep file, expanded into
 configurations (cartesian product of its axes minus its filters), each with an optional
 learning-rate search and repeats. Trials run as separate processes; DIR/sweep.jsonl records
 their states, so re-running the same command resumes. Results: DIR/results.csv, DIR/table.md,
-DIR/lr_sweep.png. Any other --SECTION.FIELD VALUE applies to every trial (e.g. --data.path).
+DIR/lr_sweep.png. Any --SECTION.FIELD VALUE (or --FIELD VALUE for a top-level field such as
+--seed) applies to every trial, e.g. --data.path DIR; the same dialect as run_experiment.py.
 """
 
 
@@ -50,28 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--retries", type=int, default=1, help="re-runs of a crashed trial (default 1)"
     )
     return parser
-
-
-def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
-    """Separate ``--a.b VALUE`` settings overrides (dotted) from the sweep's own options."""
-    own: list[str] = []
-    pairs: list[tuple[str, str]] = []
-    items = list(argv)
-    position = 0
-    while position < len(items):
-        item = items[position]
-        if item.startswith("--") and "." in item.split("=")[0]:
-            name, _, value = item[2:].partition("=")
-            if not _:
-                if position + 1 >= len(items):
-                    raise SettingsError(f"--{name} needs a value")
-                position += 1
-                value = items[position]
-            pairs.append((name, value))
-        else:
-            own.append(item)
-        position += 1
-    return own, pairs
 
 
 def describe(definition: SweepDefinition, configurations: Sequence[Configuration]) -> str:
@@ -111,7 +89,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         own, pairs = split_overrides(argv)
         args = build_parser().parse_args(own)
         definition = load_definition(args.sweep)
-        extra = {path: experiment_cli.parse_value(raw) for path, raw in pairs}
+        extra = {path: parse_value(raw) for path, raw in pairs}
         configurations = expand(definition, extra)
         workers, threads = _parallelism(args.workers, args.threads)
         if args.retries < 0:

@@ -18,18 +18,30 @@ A sweep file (YAML or JSON) or preset looks like::
 Inside an axis value, keys starting ``lr_search.`` set that configuration's search (the paper
 starts regular models at 2^-14 and unit-scaled ones at 2^-8). Every configuration's settings
 are resolved and type-checked against the experiment settings tree before anything runs.
+
+The definition itself is decoded as strictly as a settings file (``experiments.decoding``), and
+a configuration's settings are built exactly as ``run_experiment.py`` builds them
+(``experiments.overrides``): the base's tree, then one layer per source of dotted overrides --
+the sweep's ``overrides``, each axis value in axis order, the command line's -- merged in that
+order. Within a layer the order of the paths does not matter; across layers, a later layer
+that changes a choice's ``type`` drops the earlier layers' fields of that choice.
 """
 
 import dataclasses
 import itertools
+import math
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
-import yaml
-
-from ..experiments import cli
-from ..experiments import presets as experiment_presets
-from ..experiments.settings import ExperimentSettings, SettingsError, from_dict, to_dict
+from ..experiments.decoding import SettingsError, decode
+from ..experiments.overrides import (
+    merge,
+    overrides_to_tree,
+    preset_or_file_tree,
+    read_yaml_or_json,
+)
+from ..experiments.presets import DEFAULT_PRESET
+from ..experiments.settings import from_dict, to_dict
 
 
 @dataclasses.dataclass
@@ -50,6 +62,10 @@ class LrSearch:
 
     def validate(self, where: str) -> None:
         """Raise SettingsError naming the bad field."""
+        for name in ("start", "factor", "threshold"):
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise SettingsError(f"{where}: lr_search.{name} must be finite, got {value}")
         if not self.start > 0:
             raise SettingsError(f"{where}: lr_search.start must be > 0, got {self.start}")
         if not self.factor > 1:
@@ -67,7 +83,7 @@ class SweepDefinition:
     """A sweep as written in a file or preset (see the module docstring)."""
 
     name: str
-    base: str = cli.DEFAULT_PRESET
+    base: str = DEFAULT_PRESET
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     axes: dict[str, Any] = dataclasses.field(default_factory=dict)
     filters: list[dict[str, Any]] = dataclasses.field(default_factory=list)
@@ -76,6 +92,13 @@ class SweepDefinition:
     table_rows: list[str] = dataclasses.field(default_factory=list)
     """Axes that index table.md's rows (default: the first axis); the others are columns."""
     description: str = ""
+
+    def validate(self, source: str) -> None:
+        """Raise SettingsError naming ``source`` and the bad field (beyond its type)."""
+        if self.repeats < 1:
+            raise SettingsError(f"{source}: repeats must be an integer >= 1, got {self.repeats}")
+        if self.lr_search is not None:
+            self.lr_search.validate(source)
 
 
 @dataclasses.dataclass
@@ -96,54 +119,26 @@ class Configuration:
         return "".join(c if c.isalnum() or c in "=,.-_+" else "_" for c in text)
 
 
-_DEFINITION_KEYS = {f.name for f in dataclasses.fields(SweepDefinition)}
-_SEARCH_KEYS = {f.name for f in dataclasses.fields(LrSearch)}
-
-
 def definition_from_dict(data: Any, source: str) -> SweepDefinition:
-    """Strictly decode a sweep definition; unknown keys and wrong shapes name ``source``."""
+    """Strictly decode a sweep definition; errors name ``source`` and the bad key."""
     if not isinstance(data, dict):
         raise SettingsError(f"{source}: a sweep definition must be a mapping, got {data!r}")
-    unknown = sorted(set(data) - _DEFINITION_KEYS)
-    if unknown:
-        raise SettingsError(
-            f"{source}: unknown sweep keys {unknown}; expected some of {sorted(_DEFINITION_KEYS)}"
-        )
-    fields = dict(data)
-    fields.setdefault("name", os.path.splitext(os.path.basename(source))[0])
-    search = fields.get("lr_search")
-    if search is not None:
-        fields["lr_search"] = _search_from_dict(search, source)
-    for key, kind in (("overrides", dict), ("axes", dict), ("filters", list), ("table_rows", list)):
-        if key in fields and not isinstance(fields[key], kind):
-            raise SettingsError(f"{source}: {key} must be a {kind.__name__}, got {fields[key]!r}")
-    repeats = fields.get("repeats", 1)
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise SettingsError(f"{source}: repeats must be an integer >= 1, got {repeats!r}")
-    return SweepDefinition(**fields)
+    # A file's name is the sweep's name unless it says otherwise.
+    fields = {"name": os.path.splitext(os.path.basename(source))[0], **data}
+    definition = decode(SweepDefinition, fields, source)
+    definition.validate(source)
+    return definition
 
 
-def _search_from_dict(data: Any, source: str) -> LrSearch:
-    if not isinstance(data, dict):
-        raise SettingsError(f"{source}: lr_search must be a mapping, got {data!r}")
-    unknown = sorted(set(data) - _SEARCH_KEYS)
-    if unknown:
-        raise SettingsError(f"{source}: unknown lr_search keys {unknown}")
-    values = {}
-    for key, value in data.items():
-        if key == "max_points":
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise SettingsError(f"{source}: lr_search.max_points must be an int, got {value!r}")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SettingsError(f"{source}: lr_search.{key} must be a number, got {value!r}")
-        values[key] = value
-    search = LrSearch(**values)
-    search.validate(source)
+def search_from_dict(data: dict[str, Any], where: str) -> LrSearch:
+    """A strictly decoded and validated LR search (``where`` names it in errors)."""
+    search = decode(LrSearch, data, f"{where}: lr_search")
+    search.validate(where)
     return search
 
 
 def load_definition(name_or_file: str) -> SweepDefinition:
-    """A sweep preset by name, or a YAML/JSON sweep file."""
+    """A sweep preset by name, or a YAML/JSON sweep file (read like a settings file)."""
     from . import presets  # pylint: disable=import-outside-toplevel
 
     if name_or_file in presets.SWEEPS:
@@ -153,12 +148,7 @@ def load_definition(name_or_file: str) -> SweepDefinition:
             f"{name_or_file!r} is neither a sweep preset ({', '.join(sorted(presets.SWEEPS))})"
             " nor a file"
         )
-    with open(name_or_file, encoding="utf-8") as file:
-        try:
-            data = yaml.safe_load(file)
-        except yaml.YAMLError as error:
-            raise SettingsError(f"{name_or_file}: not valid YAML/JSON: {error}") from None
-    return definition_from_dict(data, name_or_file)
+    return definition_from_dict(read_yaml_or_json(name_or_file, "sweep file"), name_or_file)
 
 
 def _axis_values(name: str, spec: Any) -> list[tuple[str, dict[str, Any]]]:
@@ -217,63 +207,38 @@ def expand(
         labels = {name: label for (name, _), (label, _) in zip(axes, combination)}
         if any(_matches(labels, condition) for condition in definition.filters):
             continue
-        overrides = dict(definition.overrides)
-        for _, values in combination:
-            overrides.update(values)
-        overrides.update(extra or {})
-        configurations.append(_resolve(definition, labels, overrides))
+        layers = [definition.overrides, *(values for _, values in combination), extra or {}]
+        configurations.append(_resolve(definition, labels, layers))
     if not configurations:
         raise SettingsError(f"sweep {definition.name!r}: the filters drop every configuration")
     return configurations
 
 
 def _resolve(
-    definition: SweepDefinition, labels: dict[str, str], overrides: dict[str, Any]
+    definition: SweepDefinition, labels: dict[str, str], layers: Sequence[dict[str, Any]]
 ) -> Configuration:
     where = ",".join(f"{k}={v}" for k, v in labels.items()) or "base"
-    overrides = dict(overrides)
-    base = str(overrides.pop("preset", definition.base))
-    search_overrides = {
-        key[len("lr_search.") :]: value
-        for key, value in list(overrides.items())
-        if key.startswith("lr_search.")
-    }
-    for key in search_overrides:
-        overrides.pop(f"lr_search.{key}")
+    # "preset" swaps the base and lr_search.* set the search: neither is a settings path.
+    base = definition.base
+    search_overrides: dict[str, Any] = {}
+    settings_layers = []
+    for layer in layers:
+        layer = dict(layer)
+        base = str(layer.pop("preset", base))
+        for key in [key for key in layer if key.startswith("lr_search.")]:
+            search_overrides[key[len("lr_search.") :]] = layer.pop(key)
+        settings_layers.append(layer)
     search: Optional[LrSearch] = None
     if definition.lr_search is not None or search_overrides:
         base_search = dataclasses.asdict(definition.lr_search or LrSearch())
-        search = _search_from_dict({**base_search, **search_overrides}, f"configuration {where}")
-    tree = _base_tree(base, where)
+        search = search_from_dict({**base_search, **search_overrides}, f"configuration {where}")
     try:
-        for path, value in overrides.items():
-            tree = cli.merge(tree, _path_tree(path, value, where))
-        tree["preset"] = base if base in experiment_presets.PRESETS else ""
+        tree = preset_or_file_tree(base)
+        for layer in settings_layers:
+            tree = merge(tree, overrides_to_tree(layer.items()))
         settings = from_dict(tree)
     except SettingsError as error:
         raise SettingsError(f"configuration {where}: {error}") from None
     if search is not None and settings.training.optimiser.learning_rate <= 0:
         raise SettingsError(f"configuration {where}: learning rate must be > 0")
     return Configuration(labels=labels, settings=to_dict(settings), lr_search=search)
-
-
-def _base_tree(base: str, where: str) -> dict[str, Any]:
-    tree = to_dict(ExperimentSettings())
-    if base in experiment_presets.PRESETS:
-        return cli.merge(tree, experiment_presets.preset(base))
-    if os.path.isfile(base):
-        return cli.merge(tree, cli.load_settings_file(base))
-    raise SettingsError(
-        f"configuration {where}: base {base!r} is neither an experiment preset"
-        f" ({', '.join(sorted(experiment_presets.PRESETS))}) nor a settings file"
-    )
-
-
-def _path_tree(path: str, value: Any, where: str) -> dict[str, Any]:
-    parts = path.split(".")
-    if not all(parts):
-        raise SettingsError(f"configuration {where}: bad settings path {path!r}")
-    tree: dict[str, Any] = {parts[-1]: value}
-    for part in reversed(parts[:-1]):
-        tree = {part: tree}
-    return tree

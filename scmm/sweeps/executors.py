@@ -23,8 +23,7 @@ import threading
 import time
 from typing import Any, Optional
 
-# Exit codes of run_experiment.py (scmm.experiments.runner).
-EXIT_FINISHED, EXIT_DIVERGED = 0, 3
+from ..exit_codes import EXIT_DIVERGED, EXIT_FINISHED
 
 
 @dataclasses.dataclass

@@ -13,7 +13,7 @@ import math
 import os
 from typing import Any, Iterator, Optional
 
-from ..experiments.files import atomic_open
+from ..io import atomic_open
 
 DONE_STATES = ("finished", "diverged")
 

@@ -14,7 +14,7 @@ import os
 import statistics
 from typing import Any, Callable, Optional, Sequence
 
-from ..experiments.files import atomic_open
+from ..io import atomic_open, read_jsonl
 from .index import TrialRecord
 from .search import best_point, point_score
 
@@ -274,8 +274,6 @@ def plot_loss_curves(
 
     matplotlib.use("Agg")
     from matplotlib import pyplot  # pylint: disable=import-outside-toplevel
-
-    from ..experiments.files import read_jsonl  # pylint: disable=import-outside-toplevel
 
     figure, axis = pyplot.subplots(figsize=(8, 5))
     for result in summary:

@@ -13,15 +13,14 @@ import signal
 import time
 from typing import Any, Optional, Protocol
 
-from ..experiments.files import write_json
+from ..exit_codes import EXIT_DIVERGED, EXIT_FAILED, EXIT_FINISHED, EXIT_INTERRUPTED, EXIT_OK
 from ..experiments.settings import SettingsError
+from ..io import atomic_open, write_json
 from . import results as results_module
 from .definition import Configuration, LrSearch, SweepDefinition
-from .executors import EXIT_DIVERGED, EXIT_FINISHED, TrialOutcome, TrialSpec
+from .executors import TrialOutcome, TrialSpec
 from .index import SweepIndex, TrialRecord
 from .search import learning_rate, next_point, point_score
-
-EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
 
 class Executor(Protocol):
@@ -262,8 +261,6 @@ class Sweep:
 
 def write_text(path: str, text: str) -> None:
     """Atomic text write."""
-    from ..experiments.files import atomic_open  # pylint: disable=import-outside-toplevel
-
     with atomic_open(path) as file:
         file.write(text)
 
