@@ -159,11 +159,13 @@ def test_sweep_file_yaml(tmp_path: pathlib.Path) -> None:
 def test_sweep_file_is_read_and_checked_like_a_settings_file(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "words.yaml"
     # YAML 1.2 booleans, as in settings files: off stays the text "off" (YAML 1.1: False).
-    path.write_text("base: smoke\noverrides: {output.wandb: off, unit_scale: true}\n")
+    overrides = "{output.wandb: off, model.scaling.type: unit, model.scaling.calibrate: false}"
+    path.write_text(f"base: smoke\noverrides: {overrides}\n")
     configs = expand(load_definition(str(path)))
     assert len(configs) == 1
     config = configs[0]
-    assert config.settings["output"]["wandb"] == "off" and config.settings["unit_scale"] is True
+    assert config.settings["output"]["wandb"] == "off"
+    assert config.settings["model"]["scaling"] == {"type": "unit", "calibrate": False}
     path.write_text("base: smoke\nrepeat: 2\n")
     with pytest.raises(SettingsError, match=f"^{path}: unknown key 'repeat' .*repeats"):
         load_definition(str(path))
@@ -190,11 +192,16 @@ def test_configurations_resolve_exactly_as_run_experiment_would() -> None:
 
     sweep = definition(
         overrides={"model.residual.weighting": "mean", "training.steps": 8},
-        axes={"variant": {"regular": {"unit_scale": False}, "unit": {"unit_scale": True}}},
+        axes={
+            "variant": {
+                "regular": {"model.scaling.type": "regular"},
+                "unit": {"model.scaling.type": "unit"},
+            }
+        },
     )
     for config in expand(sweep, {"model.depth": 1}):
         argv = ["--preset", "smoke", "--model.residual.weighting", "mean", "--training.steps"]
-        argv += ["8", "--unit_scale", str(config.settings["unit_scale"]).lower()]
+        argv += ["8", "--model.scaling.type", config.settings["model"]["scaling"]["type"]]
         invocation = experiment_cli.parse([*argv, "--model.depth", "1"])
         assert invocation is not None
         assert config.settings == experiment_cli.settings_dict(invocation.settings), config.key
