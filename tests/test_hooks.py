@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from experiment_helpers import write_grammar_folder
 
 from scmm.experiments import cli
 from scmm.experiments.hooks import Hook, chunk_length, run_due
@@ -42,9 +43,11 @@ def test_a_new_hook_joins_a_run_without_touching_the_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SCMM_CACHE", str(tmp_path / "cache"))
+    write_grammar_folder(tmp_path / "data", train_chars=20_000, eval_chars=2_000)
     out = tmp_path / "run"
     argv = [
-        "--preset", "smoke", "--output.wandb", "off", "--output.progress", "off",
+        "--preset", "smoke", "--data.path", str(tmp_path / "data"),
+        "--output.wandb", "off", "--output.progress", "off",
         "--execution.xla", "false", "--training.steps", "12", "--training.valid_interval", "8",
         "--training.iterations_per_loop", "16", "--out", str(out),
     ]  # fmt: skip

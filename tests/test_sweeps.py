@@ -578,6 +578,7 @@ def test_smoke_sweep_local_executor(tmp_path: pathlib.Path) -> None:
     assert again.returncode == 0 and "finished " not in again.stdout
 
 
+@pytest.mark.slow  # the local executor's smoke sweep covers the same path in the default suite
 def test_smoke_sweep_ray_executor(tmp_path: pathlib.Path) -> None:
     pytest.importorskip("ray")
     out = str(tmp_path / "smoke")

@@ -138,7 +138,9 @@ def test_activations_and_gradients_are_unit_scaled_at_init(
     assert loss_grad.std == pytest.approx(1.0, abs=0.05)
 
 
-@pytest.mark.parametrize("kind", ["attention-pre", "attention-post"])
+@pytest.mark.parametrize(
+    "kind", ["attention-pre", pytest.param("attention-post", marks=pytest.mark.slow)]
+)
 def test_attention_models_are_unit_scaled_on_text(kind: str) -> None:
     """On a text batch every forward and backward record is within [1/3, 2].
 
