@@ -126,8 +126,3 @@ class ParameterTable:
     def to_json(self) -> list[dict[str, Any]]:
         """Every row as JSON-able data (``parameters.json``)."""
         return [row.to_dict() for row in self]
-
-
-def effective_learning_rates(table: ParameterTable, learning_rate: float) -> dict[str, float]:
-    """Each parameter's peak learning rate: the base rate times its multiplier."""
-    return {row.path: learning_rate * row.learning_rate_multiplier for row in table}

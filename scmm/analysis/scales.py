@@ -52,7 +52,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..io import atomic_open, finite_or_none
-from ..ops.kernels import scale_gradient
+from ..ops.kernels import apply_gradient_factors
 
 PASSES = ("forward", "backward", "weight_gradient")
 LOSS_GRADIENT_NAME = "loss/logits"
@@ -341,9 +341,8 @@ def collect_scales(
         records.append(tensor_record(name, "backward", grad, step))
         if name == logits_layer:
             records.append(tensor_record(LOSS_GRADIENT_NAME, "backward", grad, step))
-    factors = gradient_factors or {}
-    for variable, grad in zip(weights, grads["weights"]):
-        grad = scale_gradient(grad, factors.get(variable.path, 1.0))
+    weight_grads = apply_gradient_factors(weights, grads["weights"], gradient_factors or {})
+    for variable, grad in zip(weights, weight_grads):
         records.append(tensor_record(variable.path, "weight_gradient", grad, step))
     return records
 

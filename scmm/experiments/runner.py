@@ -221,12 +221,18 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         self._log("train_step", self.trainer.step, **metrics)
         return metrics
 
+    def _shown(self) -> dict[str, float]:
+        """The last chunk's metrics a progress line shows."""
+        metrics = self.last_metrics
+        return {
+            "loss": metrics["loss"],
+            "bpc": metrics["bpc"],
+            "tok/s": metrics["tokens_per_second"],
+        }
+
     def _show_progress(self, step: int) -> None:
         assert self.progress is not None
-        metrics = self.last_metrics
-        shown = {"loss": metrics["loss"], "bpc": metrics["bpc"]}
-        shown["tok/s"] = metrics["tokens_per_second"]
-        self.progress.update(step, shown)
+        self.progress.update(step, self._shown())
 
     def _validate(self, step: int) -> None:
         """Validation loss, then the checkpoint (best.npz when it improved)."""
@@ -236,10 +242,7 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         self._save_checkpoint(improved)
         assert self.progress is not None
         self.progress.message(f"step {step}: valid bpc {valid['bpc']:.4f}")
-        metrics = self.last_metrics
-        shown = {"loss": metrics["loss"], "bpc": metrics["bpc"]}
-        shown["tok/s"] = metrics["tokens_per_second"]
-        self.progress.update(step, {**shown, "valid_bpc": valid["bpc"]}, force=True)
+        self.progress.update(step, {**self._shown(), "valid_bpc": valid["bpc"]}, force=True)
 
     def _loop(self) -> None:
         training = self.settings.training

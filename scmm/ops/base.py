@@ -13,10 +13,6 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from .kernels import as_compute
-
-__all__ = ["OpSet", "as_compute", "contraction_equation"]
-
 
 def contraction_equation(x_rank: int, kernel_rank: int, axes: int) -> str:
     """einsum equation contracting x's last ``axes`` axes with the kernel's first ``axes``.

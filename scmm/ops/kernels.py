@@ -7,7 +7,7 @@ sequence shift and the highway recurrence live here. Callers pass the contractio
 (``contract``), so the rounding stays in the op set that owns it.
 """
 
-from typing import Callable, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
@@ -45,6 +45,16 @@ def scale_gradient(
             dense_shape=grad.dense_shape,
         )
     return grad * tf.cast(factor, grad.dtype)
+
+
+def apply_gradient_factors(
+    variables: Sequence[Any],
+    grads: Sequence[Union[tf.Tensor, tf.IndexedSlices]],
+    factors: Mapping[str, float],
+) -> list[Union[tf.Tensor, tf.IndexedSlices]]:
+    """Each gradient times its variable's factor (by ``.path``, 1 if absent); sparse stays
+    sparse. The trainer, calibration and scale analysis apply factors through this."""
+    return [scale_gradient(g, factors.get(v.path, 1.0)) for v, g in zip(variables, grads)]
 
 
 def sinusoid_embedding(length: int, frequencies: int, max_period: float) -> np.ndarray:

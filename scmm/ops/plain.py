@@ -13,7 +13,8 @@ import tensorflow as tf
 
 from .. import precision
 from . import kernels
-from .base import OpSet, as_compute, contraction_equation
+from .base import OpSet, contraction_equation
+from .kernels import as_compute
 
 
 def _round_activations(equation: str, a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:

@@ -14,7 +14,8 @@ import tensorflow as tf
 
 from .. import uscale
 from . import kernels
-from .base import OpSet, as_compute
+from .base import OpSet
+from .kernels import as_compute
 
 
 class UnitOps(OpSet):

@@ -18,7 +18,7 @@ from typing import Any, Generic, Iterable, Mapping, Optional, Protocol, Sequence
 import numpy as np
 import tensorflow as tf
 
-from ..ops.kernels import scale_gradient
+from ..ops.kernels import apply_gradient_factors
 from ..parameters import Parameter, ParameterTable
 from ..pedal import Execution
 from ..precision_settings import WeightStorage
@@ -112,11 +112,11 @@ class Trainer(Generic[ModelT]):
             scaled_loss = scaler.scale_loss(outputs["loss"])
         # Gradient factors (a cut edge, e.g. calibration) are read from the table when the step
         # is traced, and applied as the gradients come off the tape, before unscaling.
-        factors = self.parameters.gradient_factors()
-        grads = [
-            scale_gradient(g, factors[v.path])
-            for v, g in zip(self.variables, tape.gradient(scaled_loss, self.variables))
-        ]
+        grads = apply_gradient_factors(
+            self.variables,
+            tape.gradient(scaled_loss, self.variables),
+            self.parameters.gradient_factors(),
+        )
         grads, finite = scaler.unscale(grads)
         rate = self.optimiser.learning_rate(self.optimiser.step)
         skipped = scaler.step(finite, lambda: self.optimiser.apply(grads))

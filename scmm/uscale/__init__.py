@@ -22,7 +22,7 @@ from .attention_ops import (
     positional_keys,
     qkv_projection,
 )
-from .calibration import apply_gradient_factors, calibrate_weight_gradients, weight_gradients
+from .calibration import calibrate_weight_gradients, weight_gradients
 from .nonlinear import (
     GELU_SCALES,
     RELU_SCALES,
@@ -59,7 +59,6 @@ __all__ = [
     "SIGMOID_SCALES",
     "TANH_SCALES",
     "add_bias",
-    "apply_gradient_factors",
     "attention_scale",
     "calibrate_weight_gradients",
     "causal_attention",

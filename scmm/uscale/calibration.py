@@ -25,23 +25,14 @@ are compile-time constants.
 """
 
 import math
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Mapping
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from ..ops.kernels import scale_gradient
+from ..ops.kernels import apply_gradient_factors
 from ..parameters import ParameterTable
-
-Gradient = Union[tf.Tensor, tf.IndexedSlices]
-
-
-def apply_gradient_factors(
-    variables: Sequence[Any], grads: Sequence[Gradient], factors: Mapping[str, float]
-) -> list[Gradient]:
-    """Each gradient times its variable's factor (by path); sparse gradients stay sparse."""
-    return [scale_gradient(g, factors.get(v.path, 1.0)) for v, g in zip(variables, grads)]
 
 
 def weight_gradients(
