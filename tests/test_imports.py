@@ -18,6 +18,7 @@ PACKAGE = "scmm"
 # The ground floor: plain building blocks that everything else may use.
 GROUND_FLOOR = (
     "scmm.io",
+    "scmm.folder_lock",
     "scmm.formats",
     "scmm.exit_codes",
     "scmm.datasets",
