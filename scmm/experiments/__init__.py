@@ -4,7 +4,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from ..exit_codes import EXIT_BUSY, EXIT_INTERRUPTED, EXIT_USAGE
+from ..exit_codes import EXIT_BUSY, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
 from ..folder_lock import FolderBusyError, holder
 from .settings import ExperimentSettings, SettingsError, from_dict, to_dict
 
@@ -48,12 +48,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted while setting up (nothing was written)", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as error:  # pylint: disable=broad-except
+        from . import failures  # TensorFlow's out-of-memory error is not a MemoryError
+
+        if not failures.is_out_of_memory(error):
+            raise
+        print(f"error: {failures.one_line(error)} while building the model", file=sys.stderr)
+        _leave(EXIT_FAILED)
     code = experiment.run()
     if experiment.out_of_memory:
-        # After an allocation failure TensorFlow's allocator can abort while the interpreter
-        # tears down ("double free or corruption", exit 134); everything is written and
-        # closed by now, so leave without running that teardown.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)  # pylint: disable=protected-access
+        _leave(code)
     return code
+
+
+def _leave(code: int) -> None:
+    """Exit now, skipping interpreter teardown: after an allocation failure TensorFlow's
+    allocator can abort there ("double free or corruption", exit 134). Everything is written
+    and closed by the time this is called."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # pylint: disable=protected-access

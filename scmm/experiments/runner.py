@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 from .. import datasets
 from ..folder_lock import FolderLock
-from ..io import write_json
+from ..io import atomic_path, write_json
 from ..models import CharLM
 from ..parameters import ParameterTable
 from ..pedal import Execution, split_seed
@@ -390,15 +390,20 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
             summary["error"] = error
         tracker = self.tracker
         assert tracker is not None
-        for action in (
-            lambda: write_json(os.path.join(self.out_dir, "summary.json"), summary),
-            lambda: tracker.summary(summary),
-            lambda: tracker.finish(status),
+        for what, action in (
+            (
+                "summary.json",
+                lambda: write_json(os.path.join(self.out_dir, "summary.json"), summary),
+            ),
+            ("the summary record", lambda: tracker.summary(summary)),
+            ("the trackers' end", lambda: tracker.finish(status)),
         ):
             try:
                 action()
             except OSError as failure:
-                print(f"error: {failures.one_line(failure)}", file=sys.stderr)
+                print(
+                    f"error: could not write {what}: {failures.one_line(failure)}", file=sys.stderr
+                )
         return summary
 
     def _begin(self) -> int:
@@ -410,6 +415,7 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
                 self._notice(f"removed {path} (left by an interrupted write)")
             if self.start is not None:
                 start_step = self._restore(self.start)
+                self._continue_from_best()
                 if repair_best(self.out_dir, self.start):
                     self._notice("best.npz was older than last.npz's best: copied last.npz")
             keep = self.start.state.get("log_lines") if self.start is not None else 0
@@ -426,6 +432,18 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
             self._log("settings", 0, settings=to_dict(self.settings))
             self._log("stats", 0, **self._stats())
         return start_step
+
+    def _continue_from_best(self) -> None:
+        """``--from best``: last.npz becomes a copy of best.npz (the old one is kept aside)."""
+        assert self.start is not None
+        last = checkpoints.path_of(self.out_dir, "last")
+        if os.path.basename(self.start.path) != "best.npz":
+            return
+        if os.path.exists(last):
+            os.replace(last, last + ".before-from-best")
+            self._notice(f"kept the previous last.npz as {last}.before-from-best")
+        with atomic_path(last) as temp:
+            shutil.copyfile(self.start.path, temp)
 
     def run(self) -> int:
         """Train, evaluate, write outputs; returns the process exit code."""
