@@ -15,6 +15,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """``run_experiment.py``: parse, validate and set up (bad input: one line, exit 2), train."""
     from .. import datasets
     from . import cli
+    from .resume import check_new_folder, default_out_dir
 
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -22,15 +23,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if invocation is None:
             return 0
         invocation.settings.validate()
+        if invocation.out and not invocation.resume:
+            check_new_folder(invocation.out)  # again under the lock; here before TF starts
         busy = holder(invocation.out) if invocation.out else None
         if busy is not None:  # refused before TensorFlow starts (the Experiment locks for real)
             raise FolderBusyError(invocation.out or "", busy if busy > 0 else None)
         # Data problems (e.g. a character outside vocab.json) are found before TensorFlow
         # starts; the load is cached, so the experiment's own load below is instant.
         datasets.load_dataset(invocation.settings.data)
-        from .runner import Experiment, default_out_dir
+        from .runner import Experiment
 
-        out_dir = invocation.out or default_out_dir(invocation.settings)
+        out_dir = invocation.out or default_out_dir(
+            invocation.settings.metadata.name or invocation.settings.preset
+        )
         experiment = Experiment(
             invocation.settings,
             out_dir,

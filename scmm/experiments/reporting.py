@@ -120,3 +120,42 @@ def header_line(
         f" data: {dataset.description} ({dataset.vocab.size} characters; {splits}) |"
         f" out: {out_dir}"
     )
+
+
+def summary_record(
+    status: str,
+    step: int,
+    results: Mapping[str, Mapping[str, float]],
+    throughput: Throughput,
+    best_valid_loss: float,
+    **fields: Any,
+) -> dict[str, Any]:
+    """``summary.json``: status, step, each evaluated split's loss and BPC, throughput, the
+    best validation, then ``fields`` (wall time, parameters, last training metrics, …)."""
+    summary: dict[str, Any] = {"status": status, "step": step}
+    for split in ("train", "valid", "test"):
+        if split in results:
+            summary[f"{split}_loss"] = results[split]["loss"]
+            summary[f"{split}_bpc"] = results[split]["bpc"]
+    summary.update(
+        tokens_per_second=throughput.tokens_per_second,
+        compile_seconds=throughput.compile_seconds,
+        best_valid_loss=best_valid_loss,
+        best_valid_bpc=best_valid_loss / math.log(2),
+        **fields,
+    )
+    return summary
+
+
+def stats_record(
+    parameters: int, dataset: Dataset, settings: ExperimentSettings, device: str
+) -> dict[str, Any]:
+    """The ``stats`` record at the start of a run."""
+    return {
+        "parameters": parameters,
+        "vocab_size": dataset.vocab.size,
+        "data": dataset.description,
+        **{f"{k}_chars": int(len(v)) for k, v in dataset.splits.items()},
+        "device": device,
+        "seed": settings.seed,
+    }

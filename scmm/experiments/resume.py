@@ -1,4 +1,5 @@
-"""Resuming a run folder: what state it is in, and the checkpoint to continue from.
+"""A run folder before a run: is it free for a new run, has its run ended, and which
+checkpoint a resume continues from.
 
 Everything here runs before any compute, under the run folder's lock, so that a damaged
 checkpoint, a checkpoint for other settings, or a run that already ended is one clear error
@@ -9,16 +10,32 @@ import dataclasses
 import json
 import os
 import shutil
+import time
 from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from ..io import atomic_path
+from ..io import atomic_path, write_json
 from . import checkpoints
 from .checkpoints import CheckpointError
+from .trackers import JsonlTracker
 
 # Statuses after which there is nothing to resume (a diverged run would diverge again).
 TERMINAL = ("finished", "diverged")
+
+
+def default_out_dir(label: str) -> str:
+    """``out/<YYYYmmdd-HHMMSS>-<label>`` (the preset or run name)."""
+    return os.path.join("out", f"{time.strftime('%Y%m%d-%H%M%S')}-{label or 'run'}")
+
+
+def check_new_folder(out_dir: str) -> None:
+    """A new run's folder must not hold a run already (checked again under the lock)."""
+    if os.path.exists(os.path.join(out_dir, "settings.json")):
+        raise FileExistsError(
+            f"--out {out_dir!r} already holds a run; use --resume {out_dir} to continue it or"
+            " choose another folder"
+        )
 
 
 @dataclasses.dataclass
@@ -128,3 +145,14 @@ def repair_best(out_dir: str, point: ResumePoint) -> bool:
     with atomic_path(best) as temp:
         shutil.copyfile(point.path, temp)
     return True
+
+
+def record_refusal(out_dir: str, message: str) -> None:
+    """An ``error`` record and a ``failed`` summary for a resume refused before compute."""
+    tracker = JsonlTracker(os.path.join(out_dir, "log.jsonl"))
+    try:
+        tracker.log({"time": time.time(), "kind": "error", "step": None, "message": message})
+    finally:
+        tracker.finish("failed")
+    summary = {"status": "failed", "error": message, "out_dir": os.path.abspath(out_dir)}
+    write_json(os.path.join(out_dir, "summary.json"), summary)

@@ -11,7 +11,6 @@ weight).
 
 import dataclasses
 import os
-import secrets
 import shutil
 import sys
 import threading
@@ -21,16 +20,15 @@ from typing import Any, Optional
 
 from .. import datasets
 from ..folder_lock import FolderLock
-from ..io import atomic_path, write_json
-from ..models import CharLM
+from ..io import write_json
 from ..parameters import ParameterTable
-from ..pedal import Execution, split_seed
-from ..training import NonFiniteError, Trainer, bits_per_character
+from ..training import NonFiniteError
 from . import checkpoints, diagnostics, failures
 from .hooks import Hook, chunk_length, run_due
 from .interrupts import Interrupts, StopRequested
 from .progress import Progress
-from .resume import ResumePoint, ended_run, load_point, repair_best
+from .resume import ResumePoint, record_refusal
+from .setup import build
 from .reporting import (
     Throughput,
     chunk_metrics,
@@ -38,26 +36,11 @@ from .reporting import (
     parameters_record,
     print_summary,
     run_exit_code,
+    stats_record,
+    summary_record,
 )
 from .settings import ExperimentSettings, to_dict
-from .trackers import CompositeTracker, JsonlTracker, open_trackers, repair_log
-
-
-def default_out_dir(settings: ExperimentSettings) -> str:
-    """``out/<YYYYmmdd-HHMMSS>-<preset or name>``."""
-    label = settings.metadata.name or settings.preset or "run"
-    return os.path.join("out", f"{time.strftime('%Y%m%d-%H%M%S')}-{label}")
-
-
-def resolve_seeds(settings: ExperimentSettings) -> ExperimentSettings:
-    """Draw the master seed if unset and derive the model seed, so the run can be repeated."""
-    seed = settings.seed if settings.seed is not None else secrets.randbelow(2**31)
-    model_seed = settings.model.seed
-    if model_seed is None:
-        model_seed = split_seed(seed, "model")
-    return dataclasses.replace(
-        settings, seed=seed, model=dataclasses.replace(settings.model, seed=model_seed)
-    )
+from .trackers import CompositeTracker, open_trackers, repair_log, write_outcome
 
 
 class Experiment:  # pylint: disable=too-many-instance-attributes
@@ -83,64 +66,18 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
             self._set_up(settings, resume_from)
         except ValueError as error:
             if resume:  # a damaged or foreign checkpoint, or steps below it: say so in the folder
-                self._record_refusal(str(error))
+                record_refusal(self.out_dir, str(error))
             self._release(remove_if_empty=created)
             raise
         except BaseException:
             self._release(remove_if_empty=created)
             raise
 
-    def _record_refusal(self, message: str) -> None:
-        """An ``error`` record and a ``failed`` summary for a resume refused before compute."""
-        tracker = JsonlTracker(os.path.join(self.out_dir, "log.jsonl"))
-        try:
-            tracker.log({"time": time.time(), "kind": "error", "step": None, "message": message})
-        finally:
-            tracker.finish("failed")
-        summary = {"status": "failed", "error": message, "out_dir": os.path.abspath(self.out_dir)}
-        write_json(os.path.join(self.out_dir, "summary.json"), summary)
-
     def _set_up(self, settings: ExperimentSettings, resume_from: str) -> None:
-        # Checked under the lock: two runs started together on one folder cannot both pass.
-        if not self.resume and os.path.exists(os.path.join(self.out_dir, "settings.json")):
-            raise FileExistsError(
-                f"--out {self.out_dir!r} already holds a run; use --resume {self.out_dir} to"
-                " continue it or choose another folder"
-            )
-        self.settings = resolve_seeds(settings)
-        self.ended = ended_run(self.out_dir, settings.training.steps) if self.resume else None
-        self.dataset = datasets.load_dataset(self.settings.data)
-        self._set_vocab_size()
-        self.execution = Execution(self.settings.execution)
-        assert self.settings.seed is not None
-        with self.execution.scope():
-            self.model = CharLM(self.settings.model)  # the scheme comes with the model
-            self.trainer = Trainer(
-                self.model,
-                self.settings.training,
-                self.execution,
-                self.model.parameters,
-                weights=self.settings.model.weights,
-                seed=split_seed(self.settings.seed, "rounding"),
-            )
-        self.stream = datasets.TrainBatchStream(
-            self.dataset.splits["train"],
-            self.settings.training.batch_sequences,
-            self.settings.data.sequence_length,
-            self.settings.data.overlap_length,
-            seed=split_seed(self.settings.seed, "data"),
-        )
-        self.start: Optional[ResumePoint] = None
-        if self.resume and self.ended is None:
-            self.start = load_point(
-                self.out_dir,
-                resume_from,
-                self.model.get_weight_arrays(),
-                self.trainer.state_arrays(),
-                self.settings.training.steps,
-            )
-        if self.ended is None:
-            self._check_disk_space()
+        parts = build(settings, self.out_dir, self.resume, resume_from)
+        self.settings, self.dataset, self.execution = parts.settings, parts.dataset, parts.execution
+        self.model, self.trainer, self.stream = parts.model, parts.trainer, parts.stream
+        self.checkpointer, self.start, self.ended = parts.checkpointer, parts.start, parts.ended
         self.best_valid_loss = float("inf")
         self.best_step: Optional[int] = None
         self.throughput = Throughput()
@@ -175,32 +112,6 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         """The model's per-parameter table (multipliers, gradient factors)."""
         return self.model.parameters
 
-    def _set_vocab_size(self) -> None:
-        vocab = self.dataset.vocab.size
-        wanted = self.settings.model.vocab_size
-        if wanted not in (0, vocab):
-            raise ValueError(
-                f"model.vocab_size={wanted} but the data's vocabulary has {vocab} characters"
-                " (expected 0 to take it from the data, or equal)"
-            )
-        model = dataclasses.replace(self.settings.model, vocab_size=vocab)
-        self.settings = dataclasses.replace(self.settings, model=model)
-
-    def _checkpoint_bytes(self) -> int:
-        return checkpoints.size_bytes(self.model.get_weight_arrays(), self.trainer.state_arrays())
-
-    def _check_disk_space(self) -> None:
-        """Room for last.npz, best.npz and one being written, before any compute."""
-        size = self._checkpoint_bytes()
-        existing = [checkpoints.path_of(self.out_dir, name) for name in checkpoints.NAMES]
-        held = sum(os.path.getsize(path) for path in existing if os.path.isfile(path))
-        copies = 3 if self.settings.output.keep_best else 2
-        failures.check_free_space(
-            self.out_dir,
-            max(copies * size - held, size) + 2**20,
-            f"checkpointing ({copies} copies of about {failures.megabytes(size)})",
-        )
-
     # Outputs ---------------------------------------------------------------------------------
 
     def _notice(self, text: str) -> None:
@@ -213,47 +124,27 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         assert self.tracker is not None
         self.tracker.log({"kind": kind, "step": step, **metrics})
 
-    def _checkpoint_state(self) -> dict[str, Any]:
+    def _run_state(self) -> dict[str, Any]:
+        """The run's own part of a checkpoint (the checkpointer adds model, optimiser, data)."""
         assert self.tracker is not None
         valid = self.results.get("valid")
         return {
-            "step": self.trainer.step,
-            "stream": self.stream.state(),
             "best_valid_loss": self.best_valid_loss,
             "best_step": self.best_step,
-            "seed": self.settings.seed,
             "throughput": dataclasses.asdict(self.throughput),
-            "scheme": self.model.scheme.state(self.parameters),
             # How much of log.jsonl belongs to this checkpoint: a resume cuts it back to that.
             "log_lines": self.tracker.log_lines,
             "valid": {"step": self.valid_step, **valid} if valid else None,
         }
 
     def _save_checkpoint(self, improved: bool) -> None:
-        folder = checkpoints.checkpoint_dir(self.out_dir)
-        write_json(os.path.join(folder, "settings.json"), to_dict(self.settings))
-        model_arrays = self.model.get_weight_arrays()
-        optimiser_arrays = self.trainer.state_arrays()
-        size = checkpoints.size_bytes(model_arrays, optimiser_arrays)
-        state = self._checkpoint_state()
-        names = ["best", "last"] if improved and self.settings.output.keep_best else ["last"]
-        for name in names:  # best first: see scmm.experiments.checkpoints
-            failures.check_free_space(folder, size, f"checkpoints/{name}.npz")
-            path = checkpoints.path_of(self.out_dir, name)
-            checkpoints.save(path, model_arrays, optimiser_arrays, state)
+        self.checkpointer.save(improved, self._run_state())
 
     def _restore(self, point: ResumePoint) -> int:
-        state = point.state
-        self.model.set_weight_arrays(point.model)
-        self.trainer.set_state_arrays(point.optimiser)
-        self.stream.set_state(state["stream"])
+        state = self.checkpointer.restore(point)
         self.best_valid_loss = float(state["best_valid_loss"])
         self.best_step = state.get("best_step")
         self.throughput = Throughput(**state["throughput"])
-        if "scheme" in state:
-            self.model.scheme.restore(self.parameters, state["scheme"])
-        elif "weight_gradient_factors" in state:  # a checkpoint written before schemes
-            self.parameters.set_gradient_factors(state["weight_gradient_factors"])
         valid = state.get("valid")
         if valid and valid.get("step") == point.step:  # validated at the checkpoint's step
             self.valid_step = point.step
@@ -364,46 +255,25 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
 
     def _summary(self, status: str) -> dict[str, Any]:
         step = self.divergence["step"] - 1 if self.divergence else self.trainer.step
-        summary: dict[str, Any] = {"status": status, "step": step}
-        for split in ("train", "valid", "test"):
-            if split in self.results:
-                summary[f"{split}_loss"] = self.results[split]["loss"]
-                summary[f"{split}_bpc"] = self.results[split]["bpc"]
-        summary.update(
-            tokens_per_second=self.throughput.tokens_per_second,
-            compile_seconds=self.throughput.compile_seconds,
+        return summary_record(
+            status,
+            step,
+            self.results,
+            self.throughput,
             wall_seconds=time.time() - self.started,
             parameters=self.model.parameter_count(),
             best_valid_loss=self.best_valid_loss,
-            best_valid_bpc=bits_per_character(self.best_valid_loss),
             last_train=self.last_metrics,
             **({"diverged": self.divergence} if self.divergence else {}),
             out_dir=os.path.abspath(self.out_dir),
         )
-        return summary
 
     def _finish(self, status: str, error: Optional[str] = None) -> dict[str, Any]:
-        """summary.json and the trackers' end, each attempted even if another fails (a full
-        disk may refuse the summary; the log record is then all there is)."""
         summary = self._summary(status)
         if error:
             summary["error"] = error
-        tracker = self.tracker
-        assert tracker is not None
-        for what, action in (
-            (
-                "summary.json",
-                lambda: write_json(os.path.join(self.out_dir, "summary.json"), summary),
-            ),
-            ("the summary record", lambda: tracker.summary(summary)),
-            ("the trackers' end", lambda: tracker.finish(status)),
-        ):
-            try:
-                action()
-            except OSError as failure:
-                print(
-                    f"error: could not write {what}: {failures.one_line(failure)}", file=sys.stderr
-                )
+        assert self.tracker is not None
+        write_outcome(self.out_dir, self.tracker, summary)
         return summary
 
     def _begin(self) -> int:
@@ -411,13 +281,12 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         start_step = 0
         log_path = os.path.join(self.out_dir, "log.jsonl")
         if self.resume:
-            for path in checkpoints.remove_temporaries(self.out_dir):
-                self._notice(f"removed {path} (left by an interrupted write)")
             if self.start is not None:
+                self.checkpointer.tidy_for_resume(self.start, self._notice)
                 start_step = self._restore(self.start)
-                self._continue_from_best()
-                if repair_best(self.out_dir, self.start):
-                    self._notice("best.npz was older than last.npz's best: copied last.npz")
+            else:
+                for path in checkpoints.remove_temporaries(self.out_dir):
+                    self._notice(f"removed {path} (left by an interrupted write)")
             keep = self.start.state.get("log_lines") if self.start is not None else 0
             for note in repair_log(log_path, keep, start_step).notes():
                 self._notice(note)
@@ -430,20 +299,17 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
             self._log("resume", start_step)
         else:
             self._log("settings", 0, settings=to_dict(self.settings))
-            self._log("stats", 0, **self._stats())
+            self._log(
+                "stats",
+                0,
+                **stats_record(
+                    self.model.parameter_count(),
+                    self.dataset,
+                    self.settings,
+                    self.execution.description,
+                ),
+            )
         return start_step
-
-    def _continue_from_best(self) -> None:
-        """``--from best``: last.npz becomes a copy of best.npz (the old one is kept aside)."""
-        assert self.start is not None
-        last = checkpoints.path_of(self.out_dir, "last")
-        if os.path.basename(self.start.path) != "best.npz":
-            return
-        if os.path.exists(last):
-            os.replace(last, last + ".before-from-best")
-            self._notice(f"kept the previous last.npz as {last}.before-from-best")
-        with atomic_path(last) as temp:
-            shutil.copyfile(self.start.path, temp)
 
     def run(self) -> int:
         """Train, evaluate, write outputs; returns the process exit code."""
@@ -529,13 +395,3 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         except OSError:
             pass  # a full disk: the summary (if it fits) and the error line still say it
         return line
-
-    def _stats(self) -> dict[str, Any]:
-        return {
-            "parameters": self.model.parameter_count(),
-            "vocab_size": self.dataset.vocab.size,
-            "data": self.dataset.description,
-            **{f"{k}_chars": int(len(v)) for k, v in self.dataset.splits.items()},
-            "device": self.execution.description,
-            "seed": self.settings.seed,
-        }

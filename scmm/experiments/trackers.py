@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any, Optional, Protocol, Sequence
 
-from ..io import atomic_open, scan_jsonl
+from ..io import atomic_open, scan_jsonl, write_json
 from .settings import ExperimentSettings, to_dict
 
 
@@ -162,6 +162,22 @@ def repair_log(path: str, keep_lines: Optional[int], last_step: int) -> LogRepai
         for index in kept:
             log.write(scan.lines[index])
     return repair
+
+
+def write_outcome(out_dir: str, tracker: Tracker, summary: dict[str, Any]) -> None:
+    """``summary.json``, the summary record and the trackers' end, each attempted even if
+    another fails (a full disk may refuse one; whatever fits still says how the run ended)."""
+    status = summary["status"]
+    for what, action in (
+        ("summary.json", lambda: write_json(os.path.join(out_dir, "summary.json"), summary)),
+        ("the summary record", lambda: tracker.summary(summary)),
+        ("the trackers' end", lambda: tracker.finish(status)),
+    ):
+        try:
+            action()
+        except OSError as failure:
+            reason = failure.strerror or str(failure)
+            print(f"error: could not write {what}: {reason}", file=sys.stderr)
 
 
 def wandb_logged_in() -> bool:
