@@ -62,21 +62,21 @@ def test_cartesian_product_filters_and_labels() -> None:
                 "regular": {"model.scaling.type": "regular"},
                 "unit": {"model.scaling.type": "unit"},
             },
-            "model.hidden_size": [32, 64, 128],
+            "model.depth": [1, 2, 3],
         },
         overrides={"model.residual.weighting": "mean"},
-        filters=[{"variant": "unit", "model.hidden_size": 128}],
+        filters=[{"variant": "unit", "model.depth": 3}],
     )
     configs = expand(sweep)
     assert len(configs) == 2 * 3 - 1
     keys = [c.key for c in configs]
-    assert keys[0] == "variant=regular,model.hidden_size=32"
-    assert "variant=unit,model.hidden_size=128" not in keys
-    unit_64 = configs[keys.index("variant=unit,model.hidden_size=64")]
-    assert unit_64.settings["model"]["scaling"]["type"] == "unit"
-    assert unit_64.settings["model"]["hidden_size"] == 64
-    assert unit_64.settings["model"]["residual"]["weighting"] == "mean"
-    assert unit_64.settings["preset"] == "smoke"
+    assert keys[0] == "variant=regular,model.depth=1"
+    assert "variant=unit,model.depth=3" not in keys
+    unit_2 = configs[keys.index("variant=unit,model.depth=2")]
+    assert unit_2.settings["model"]["scaling"]["type"] == "unit"
+    assert unit_2.settings["model"]["depth"] == 2
+    assert unit_2.settings["model"]["residual"]["weighting"] == "mean"
+    assert unit_2.settings["preset"] == "smoke"
 
 
 def test_axis_value_may_switch_preset_and_search_start() -> None:
@@ -159,7 +159,10 @@ def test_sweep_file_yaml(tmp_path: pathlib.Path) -> None:
 def test_sweep_file_is_read_and_checked_like_a_settings_file(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "words.yaml"
     # YAML 1.2 booleans, as in settings files: off stays the text "off" (YAML 1.1: False).
-    overrides = "{output.wandb: off, model.scaling.type: unit, model.scaling.calibrate: false}"
+    overrides = (
+        "{output.wandb: off, model.scaling.type: unit, model.scaling.calibrate: false,"
+        " model.residual.weighting: mean}"
+    )
     path.write_text(f"base: smoke\noverrides: {overrides}\n")
     configs = expand(load_definition(str(path)))
     assert len(configs) == 1
@@ -210,7 +213,11 @@ def test_configurations_resolve_exactly_as_run_experiment_would() -> None:
 def test_layers_merge_in_order_and_a_later_type_change_drops_earlier_fields() -> None:
     conv = {"model.sequence.groups": 4, "model.sequence.type": "conv"}  # one layer: any order
     sweep = definition(
-        overrides={"model.sequence.heads": 4, "model.residual.weighting": "mean"},
+        overrides={
+            "model.sequence.heads": 4,
+            "model.sequence.head_size": 8,
+            "model.residual.weighting": "mean",
+        },
         axes={"mixer": {"attention": {}, "conv": conv}},
     )
     configs = {c.key: c.settings["model"]["sequence"] for c in expand(sweep)}
