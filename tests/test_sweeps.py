@@ -27,9 +27,16 @@ from scmm.sweeps.definition import (
     expand,
     load_definition,
 )
-from scmm.sweeps.executors import TrialOutcome, TrialSpec
+from scmm.sweeps.executors import NOT_STARTED, TrialOutcome, TrialSpec
 from scmm.sweeps.index import SweepIndex, TrialRecord
-from scmm.sweeps.runner import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Sweep, SweepOptions
+from scmm.sweeps.runner import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    Sweep,
+    SweepOptions,
+)
 from scmm.sweeps.search import best_point, learning_rate, next_point
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -340,9 +347,12 @@ class FakeExecutor:
         objective: Callable[[float, int], float],
         fail: Iterable[str] = (),
         interrupt_after: Optional[int] = None,
+        scripted: Optional[dict[str, list[TrialOutcome]]] = None,
     ) -> None:
         self.objective = objective
         self.fail = dict.fromkeys(fail, 1)
+        self.scripted = scripted or {}
+        """Trial -> outcomes returned (in order) before the objective takes over."""
         self.submitted: list[str] = []
         self.interrupt_after = interrupt_after
         self.stopped = False
@@ -355,6 +365,9 @@ class FakeExecutor:
             settings = json.load(file)
         future: concurrent.futures.Future[TrialOutcome] = concurrent.futures.Future()
         rate = settings["training"]["optimiser"]["learning_rate"]
+        if self.scripted.get(spec.trial):
+            future.set_result(self.scripted[spec.trial].pop(0))
+            return future
         if self.fail.get(spec.trial):
             self.fail[spec.trial] -= 1
             future.set_result(TrialOutcome(exit_code=1, summary=None, wall_seconds=0.1, error="x"))
@@ -492,6 +505,63 @@ def test_interrupt_records_running_trials_and_resume_completes(tmp_path: pathlib
     resumed = FakeExecutor(bowl)
     assert fake_sweep(tmp_path).run(resumed, progress=False) == EXIT_OK
     assert len(resumed.submitted) == 2 * (7 + 4) - 4
+
+
+def test_a_configuration_error_is_shown_never_retried_and_stops_its_configuration(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trial = "variant=unit/lr-9.00-r0"
+    error = "error: model.sequence.heads x head_size = 2 x 64 = 128 does not fit hidden_size=64"
+    bad = TrialOutcome(exit_code=2, summary=None, wall_seconds=0.1, error=error)
+    executor = FakeExecutor(bowl, scripted={trial: [bad, bad]})
+    assert fake_sweep(tmp_path).run(executor) == EXIT_USAGE
+    assert executor.submitted.count(trial) == 1  # never retried, though --retries is 1
+    # Its configuration stops: nothing beyond the first point's repeats (started together).
+    unit = {t for t in executor.submitted if t.startswith("variant=unit/")}
+    assert unit == {trial, "variant=unit/lr-9.00-r1"}
+    console = capsys.readouterr().out
+    assert f"configuration error in {trial}: {error}" in console
+    index = SweepIndex(str(tmp_path / "sweep" / "sweep.jsonl"))
+    assert record_of(index, trial).state == "invalid" and record_of(index, trial).crashes == 0
+    assert record_of(index, "variant=regular/lr-8.00-r0").state == "finished"
+    assert (
+        "Stopped by a configuration error: variant=unit"
+        in (tmp_path / "sweep" / "table.md").read_text()
+    )
+    # A re-run does not retry it either.
+    again = FakeExecutor(bowl)
+    assert fake_sweep(tmp_path).run(again, progress=False) == EXIT_USAGE
+    assert trial not in again.submitted
+
+
+def test_interrupted_and_never_started_attempts_use_no_retry(tmp_path: pathlib.Path) -> None:
+    trial = "variant=unit/lr-9.00-r0"
+    interrupted = TrialOutcome(exit_code=EXIT_INTERRUPTED, summary=None, wall_seconds=0.1)
+    killed_by_term = TrialOutcome(exit_code=-signal.SIGTERM, summary=None, wall_seconds=0.1)
+    never = TrialOutcome(exit_code=None, summary=None, wall_seconds=0.0, how=NOT_STARTED)
+    crash = TrialOutcome(exit_code=1, summary=None, wall_seconds=0.1, error="boom")
+    # With --retries 1, one crash is allowed: everything else here must cost nothing.
+    script = [never, interrupted, killed_by_term, never, crash, interrupted]
+    executor = FakeExecutor(bowl, scripted={trial: list(script)})
+    out = tmp_path / "sweep" / "trials" / "variant=unit" / "lr-9.00-r0"
+    out.mkdir(parents=True)  # what the crashed attempt leaves; moved aside when it crashes
+    assert fake_sweep(tmp_path).run(executor, progress=False) == EXIT_OK
+    assert executor.submitted.count(trial) == len(script) + 1
+    record = record_of(SweepIndex(str(tmp_path / "sweep" / "sweep.jsonl")), trial)
+    assert record.state == "finished" and record.crashes == 1
+    assert record.attempts == len(script) + 1 - 2  # the never-started ones launched nothing
+    assert (out.parent / "lr-9.00-r0.crash1").is_dir()
+
+
+def test_an_index_from_before_crash_counting_keeps_its_failures(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "sweep.jsonl"
+    old = {"trial": "a/x", "config": "a", "labels": {}, "learning_rate": 0.1, "point": 0}
+    old.update(repeat=0, seed=1, out_dir="x", state="failed", attempts=2)
+    path.write_text(
+        json.dumps(old) + "\n" + json.dumps({**old, "trial": "a/y", "state": "interrupted"}) + "\n"
+    )
+    index = SweepIndex(str(path))
+    assert record_of(index, "a/x").crashes == 2 and record_of(index, "a/y").crashes == 0
 
 
 def test_a_different_sweep_in_the_same_folder_is_refused(tmp_path: pathlib.Path) -> None:
