@@ -276,6 +276,46 @@ def test_dry_run_lists_every_configuration_fast(capsys: pytest.CaptureFixture[st
     assert elapsed < 30  # no TensorFlow, no data: it is a listing
 
 
+def readme_example_sweep() -> str:
+    """The YAML block of the README's "Sweeps" section."""
+    text = pathlib.Path(ROOT, "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Sweeps\n", 1)[1]
+    return section.split("```yaml\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_example_sweep_passes_a_dry_run(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "example.yaml"
+    path.write_text(readme_example_sweep())
+    assert sweep_cli.main([str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "sweep example" in out and "configurations;" in out
+
+
+def test_a_dry_run_runs_the_cross_field_checks_and_names_every_bad_configuration(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The README's former example: the paper's 2 x 64 attention heads cannot fit hidden 64.
+    path = tmp_path / "old.yaml"
+    path.write_text(
+        "base: default\naxes:\n  model: {attention: {preset: paper-attention},"
+        " conv: {preset: paper-conv}}\n  model.hidden_size: [64, 100, 128]\n"
+    )
+    assert sweep_cli.main([str(path), "--dry-run"]) == sweep_cli.EXIT_USAGE
+    errors = capsys.readouterr().err.splitlines()
+    assert errors == [
+        "error: configuration model=attention,model.hidden_size=64: model.sequence.heads x"
+        " head_size = 2 x 64 = 128 does not fit hidden_size=64 (expected heads x head_size =="
+        " hidden_size)",
+        "error: configuration model=attention,model.hidden_size=100: model.sequence.heads x"
+        " head_size = 2 x 64 = 128 does not fit hidden_size=100 (expected heads x head_size =="
+        " hidden_size)",
+        "error: configuration model=conv,model.hidden_size=100: model.sequence.groups=8 must"
+        " divide hidden_size=100",
+    ]
+
+
 def test_cli_rejects_bad_override_before_running(
     tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -618,6 +658,57 @@ def test_table_marks_cells_within_the_ci_of_the_row_best() -> None:
     assert "1.710 ±0.010" in test_part and "**1.710" not in table
     # The validation pivot: plain medians, the row's best in bold.
     assert "| x | **1.510** | 1.515 | 1.710 |" in valid_part
+
+
+def single_record_trial(tmp_path: pathlib.Path) -> list[TrialRecord]:
+    """One finished trial whose log holds a single training record and one validation."""
+    out = tmp_path / "trial"
+    out.mkdir()
+    lines = [
+        {"kind": "train_step", "step": 8, "bpc": 5.5},
+        {"kind": "eval_valid", "step": 8, "bpc": 5.4},
+    ]
+    (out / "log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    record = TrialRecord("a/x", "a", {"v": "a"}, 0.01, 0, 0, 1, str(out))
+    record.state, record.valid_bpc, record.test_bpc = "finished", 5.4, 5.45
+    return [record]
+
+
+def test_loss_curves_draw_a_trial_with_a_single_record(tmp_path: pathlib.Path) -> None:
+    records = single_record_trial(tmp_path)
+    figure = sweep_results.loss_curves_figure(records, sweep_results.summarise(records), "t")
+    (axis,) = figure.axes
+    (line,) = axis.get_lines()
+    assert list(line.get_xdata()) == [8] and list(line.get_ydata()) == [5.5]
+    assert line.get_marker() not in (None, "None", "", " ")  # one point needs a marker
+    sweep_results.plot_loss_curves(
+        str(tmp_path / "loss.png"), records, sweep_results.summarise(records), "t"
+    )
+    from matplotlib import colors, image  # pylint: disable=import-outside-toplevel
+
+    pixels = image.imread(tmp_path / "loss.png")[..., :3]
+    distances = abs(pixels - colors.to_rgb(line.get_color())).sum(axis=-1)
+    assert (distances < 0.1).sum() > 10  # the marker's pixels are in the saved figure
+
+
+def test_lr_sweep_puts_the_variants_of_a_row_on_one_panel() -> None:
+    records = []
+    for row in ("attention", "conv"):
+        for variant in ("regular", "unit"):
+            for point, valid in enumerate((2.0, 1.9)):
+                config = f"model={row},variant={variant}"
+                record = TrialRecord(
+                    f"{config}/{point}", config, {"model": row, "variant": variant}, 2.0**point,
+                    point, 0, 1, "x", state="finished", valid_bpc=valid, test_bpc=valid,
+                )  # fmt: skip
+                records.append(record)
+    figure = sweep_results.lr_sweep_figure(records, ["model"])
+    panels = [axis for axis in figure.axes if axis.get_visible()]
+    assert [axis.get_title() for axis in panels] == ["model=attention", "model=conv"]
+    for axis in panels:
+        labelled = [line.get_label() for line in axis.get_lines()]
+        assert labelled == ["regular", "unit"]
+        assert [text.get_text() for text in axis.get_legend().get_texts()] == labelled
 
 
 # -- end to end --------------------------------------------------------------------------------- -

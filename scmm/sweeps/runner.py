@@ -269,8 +269,8 @@ class Sweep:
             record.attempts += 1
         summary = outcome.summary or {}
         # An adopted run's time is its own record of it: this driver did not watch it run.
-        record.wall_seconds = outcome.wall_seconds if outcome.launched else summary.get(
-            "wall_seconds"
+        record.wall_seconds = (
+            outcome.wall_seconds if outcome.launched else summary.get("wall_seconds")
         )
         # The run's own figure excludes the compile call; a one-call run only has last_train's.
         record.tokens_per_second = summary.get("tokens_per_second") or (
