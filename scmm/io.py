@@ -13,9 +13,11 @@ and sweeps all write through it. Inside the package it is ``scmm.io``; the stand
 """
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator, Union
@@ -138,17 +140,60 @@ def write_npz(path: PathLike, arrays: dict[str, np.ndarray]) -> None:
         np.savez(file, **arrays)  # type: ignore[arg-type]
 
 
-def read_jsonl(path: PathLike) -> list[dict[str, Any]]:
-    """All complete records of a JSON-lines file (a torn last line from a kill is skipped).
+@dataclasses.dataclass
+class JsonlScan:
+    """A JSON-lines file read line by line: the good records and every line that was not one.
 
-    A missing file has no records (a run killed before its first log line).
+    ``lines`` are all the file's lines (terminated or not) in order; ``records[i]`` is the
+    record of line ``record_lines[i]``; ``bad`` lists (1-based line number, reason) for a
+    malformed line or a torn last line (no newline: the writer died mid-record).
     """
-    records: list[dict[str, Any]] = []
+
+    lines: list[str]
+    records: list[dict[str, Any]]
+    record_lines: list[int]
+    bad: list[tuple[int, str]]
+
+    def describe_bad(self, path: PathLike) -> str:
+        """One line naming the file and every line skipped (for a warning)."""
+        where = ", ".join(f"line {number} ({reason})" for number, reason in self.bad)
+        return f"{path}: skipped {len(self.bad)} unreadable line(s): {where}"
+
+
+def scan_jsonl(path: PathLike) -> JsonlScan:
+    """Read every line of ``path``; malformed and torn lines are reported, never raised."""
+    scan = JsonlScan([], [], [], [])
     if not os.path.exists(path):
-        return records
-    with open(path, encoding="utf-8") as file:
-        for line in file:
-            if not line.endswith("\n"):
-                break  # partial line written when the process died
-            records.append(json.loads(line))
-    return records
+        return scan
+    with open(path, "rb") as file:
+        raw_lines = file.read().splitlines(keepends=True)
+    for index, raw in enumerate(raw_lines):
+        line = raw.decode("utf-8", errors="replace")
+        scan.lines.append(line)
+        if not line.endswith("\n"):
+            scan.bad.append((index + 1, "torn: no newline, the writer stopped mid-record"))
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            scan.bad.append((index + 1, f"not JSON: {error.msg} at column {error.colno}"))
+            continue
+        if not isinstance(record, dict):
+            scan.bad.append((index + 1, f"not a record: a JSON {type(record).__name__}"))
+            continue
+        scan.records.append(record)
+        scan.record_lines.append(index)
+    return scan
+
+
+def read_jsonl(path: PathLike, warn: bool = True) -> list[dict[str, Any]]:
+    """All good records of a JSON-lines file, in order.
+
+    A torn last line (a kill mid-write) or a malformed line (a damaged file) is skipped, with
+    one warning on stderr naming the file and lines unless ``warn`` is False; the good records
+    around it are all kept. A missing file has no records (a run killed before its first line).
+    """
+    scan = scan_jsonl(path)
+    if scan.bad and warn:
+        print(f"warning: {scan.describe_bad(path)}", file=sys.stderr)
+    return scan.records

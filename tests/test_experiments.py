@@ -36,7 +36,7 @@ from experiment_helpers import (
 
 from scmm.experiments import checkpoints, from_dict
 from scmm.io import TEMP_PREFIX, atomic_open, read_jsonl, write_json, write_npz
-from scmm.experiments.trackers import CompositeTracker, JsonlTracker, SafeTracker, truncate_log
+from scmm.experiments.trackers import CompositeTracker, JsonlTracker, SafeTracker, repair_log
 
 # Small and fast: XLA off where the compiled path is not what is being tested.
 FAST = ["--preset", "smoke", "--execution.xla", "false", "--output.progress", "off"]
@@ -630,7 +630,7 @@ def test_sigkill_during_checkpoint_writes_leaves_a_complete_file(tmp_path: Path)
     assert len(_temp_files(tmp_path)) <= 1
 
 
-def test_read_jsonl_skips_a_torn_last_line_and_truncate_log_is_atomic(tmp_path: Path) -> None:
+def test_read_jsonl_skips_a_torn_last_line_and_repair_log_is_atomic(tmp_path: Path) -> None:
     path = tmp_path / "log.jsonl"
     lines = [
         {"kind": "settings", "step": 0},
@@ -642,7 +642,11 @@ def test_read_jsonl_skips_a_torn_last_line_and_truncate_log_is_atomic(tmp_path: 
     text = "".join(json.dumps(line) + "\n" for line in lines)
     path.write_text(text + '{"kind": "train_st', encoding="utf-8")  # killed mid-line
     assert read_jsonl(str(path)) == lines
-    truncate_log(str(path), 8)
+    repair = repair_log(str(path), None, 8)  # a checkpoint without a line count: by step
     assert read_jsonl(str(path)) == lines[:3]
     assert path.read_text(encoding="utf-8").endswith("\n")
     assert not _temp_files(tmp_path)
+    # Nothing is lost: the two records after step 8 and the torn line are set aside.
+    assert (repair.kept, repair.after_checkpoint, len(repair.unreadable)) == (3, 2, 1)
+    archived = (tmp_path / "log.jsonl.dropped").read_text(encoding="utf-8").splitlines()
+    assert archived[1:] == [json.dumps(lines[3]), json.dumps(lines[4]), '{"kind": "train_st']

@@ -1,9 +1,11 @@
 """Experiments: the settings tree, presets, command line, outputs and the run loop."""
 
+import os
 import sys
 from typing import Optional, Sequence
 
-from ..exit_codes import EXIT_USAGE
+from ..exit_codes import EXIT_BUSY, EXIT_INTERRUPTED, EXIT_USAGE
+from ..folder_lock import FolderBusyError, holder
 from .settings import ExperimentSettings, SettingsError, from_dict, to_dict
 
 __all__ = ["EXIT_USAGE", "ExperimentSettings", "SettingsError", "from_dict", "main", "to_dict"]
@@ -20,15 +22,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if invocation is None:
             return 0
         invocation.settings.validate()
+        busy = holder(invocation.out) if invocation.out else None
+        if busy is not None:  # refused before TensorFlow starts (the Experiment locks for real)
+            raise FolderBusyError(invocation.out or "", busy if busy > 0 else None)
         # Data problems (e.g. a character outside vocab.json) are found before TensorFlow
         # starts; the load is cached, so the experiment's own load below is instant.
         datasets.load_dataset(invocation.settings.data)
         from .runner import Experiment, default_out_dir
 
         out_dir = invocation.out or default_out_dir(invocation.settings)
-        experiment = Experiment(invocation.settings, out_dir, resume=invocation.resume is not None)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as error:
+        experiment = Experiment(
+            invocation.settings,
+            out_dir,
+            resume=invocation.resume is not None,
+            resume_from=invocation.resume_from,
+        )
+    except FolderBusyError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BUSY
+    except (ValueError, OSError, KeyError) as error:
+        # OSError: a missing file or folder, or too little disk space for the checkpoints.
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"error: {message}", file=sys.stderr)
         return EXIT_USAGE
-    return experiment.run()
+    except KeyboardInterrupt:
+        print("interrupted while setting up (nothing was written)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    code = experiment.run()
+    if experiment.out_of_memory:
+        # After an allocation failure TensorFlow's allocator can abort while the interpreter
+        # tears down ("double free or corruption", exit 134); everything is written and
+        # closed by now, so leave without running that teardown.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # pylint: disable=protected-access
+    return code

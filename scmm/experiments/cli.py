@@ -29,7 +29,7 @@ from .presets import DEFAULT_PRESET
 from .settings import ExperimentSettings, SettingsError, from_dict, migrate, to_dict
 
 # run_experiment.py's own options: those taking a value, and switches.
-VALUE_OPTIONS = ("--preset", "--config", "--out", "--resume")
+VALUE_OPTIONS = ("--preset", "--config", "--out", "--resume", "--from")
 SWITCHES = ("--analyse", "--help")
 
 # Only these may change when resuming: anything else would make the resumed run differ.
@@ -48,6 +48,8 @@ Run options:
   --out DIR         output folder (default: out/<time>-<preset>)
   --resume DIR      continue the run in DIR from its last checkpoint (its settings.json is
                     used; only training.steps and output.* may be overridden)
+  --from last|best  with --resume: the checkpoint to continue from (default: last; best when
+                    last.npz is damaged)
   --analyse         write scales.json and scales.png (per-layer forward, backward and
                     weight-gradient scales) at initialisation; --output.analyse validation
                     repeats it at every validation
@@ -65,6 +67,7 @@ class Invocation:
     settings: ExperimentSettings
     out: Optional[str]
     resume: Optional[str]
+    resume_from: str = "last"
 
 
 def split_arguments(argv: Sequence[str]) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
@@ -108,6 +111,8 @@ def parse(argv: Sequence[str]) -> Optional[Invocation]:
         return None
     if options.resume:
         return _parse_resume(options, pairs)
+    if getattr(options, "from"):
+        raise SettingsError("--from picks the checkpoint of --resume DIR; it needs --resume")
     tree = base_tree(options.preset or DEFAULT_PRESET, options.config)
     tree = merge(tree, _cli_tree(pairs))
     if options.analyse and tree.get("output", {}).get("analyse", "off") == "off":
@@ -121,20 +126,75 @@ def _parse_resume(options: argparse.Namespace, pairs: list[tuple[str, str]]) -> 
         raise SettingsError(
             "--resume takes its settings from the run folder; drop --preset/--config"
         )
+    source = getattr(options, "from") or "last"
+    if source not in ("last", "best"):
+        raise SettingsError(f"--from must be last or best, got {source!r}")
     path = os.path.join(options.resume, "settings.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--resume {options.resume!r}: no settings.json there")
     for key, _ in pairs:
-        if not any(key == allowed or key.startswith(allowed) for allowed in RESUME_OVERRIDABLE):
+        if not _resume_may_change(key):
             raise SettingsError(
                 f"--{key} cannot change when resuming (allowed: training.steps, output.*)"
             )
-    with open(path, encoding="utf-8") as file:
-        stored = json.load(file)
-    settings = from_dict(merge(migrate(stored), _cli_tree(pairs)))
+    stored = migrate(_read_settings_file(path))
+    _check_unedited(options.resume, stored)
+    settings = from_dict(merge(stored, _cli_tree(pairs)))
     if options.out and os.path.abspath(options.out) != os.path.abspath(options.resume):
         raise SettingsError("--out must be the --resume folder (or omitted) when resuming")
-    return Invocation(settings=settings, out=options.resume, resume=options.resume)
+    return Invocation(
+        settings=settings, out=options.resume, resume=options.resume, resume_from=source
+    )
+
+
+def _resume_may_change(key: str) -> bool:
+    return any(key == allowed or key.startswith(allowed) for allowed in RESUME_OVERRIDABLE)
+
+
+def _read_settings_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as file:
+            tree = json.load(file)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise SettingsError(f"{path} is not valid JSON ({error}); it cannot be resumed") from None
+    if not isinstance(tree, dict):
+        raise SettingsError(f"{path} must hold a settings object, got {type(tree).__name__}")
+    return tree
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(_flatten(value, f"{prefix}{key}." if isinstance(value, dict) else prefix + key))
+    return flat
+
+
+def _check_unedited(folder: str, stored: dict[str, Any]) -> None:
+    """Refuse a run folder whose settings.json differs from the copy beside its checkpoint in
+    anything a resume may not change (someone edited it after the run stopped)."""
+    beside = os.path.join(folder, "checkpoints", "settings.json")
+    if not os.path.isfile(beside):
+        return  # killed before its first checkpoint: the run restarts from step 0
+    reference = _flatten(migrate(_read_settings_file(beside)))
+    current = _flatten(stored)
+    changed = sorted(
+        key
+        for key in set(reference) | set(current)
+        if reference.get(key, "<absent>") != current.get(key, "<absent>")
+        and not _resume_may_change(key)
+    )
+    if changed:
+        key = changed[0]
+        raise SettingsError(
+            f"{os.path.join(folder, 'settings.json')} was changed after the run's last"
+            f" checkpoint: {key} is {current.get(key, '<absent>')!r} there but"
+            f" {reference.get(key, '<absent>')!r} in {beside}"
+            + (f" (and {len(changed) - 1} more field(s))" if len(changed) > 1 else "")
+            + "; only training.steps and output.* may change when resuming (restore the file, or"
+            " start a new run with --out)"
+        )
 
 
 def _cli_tree(pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:

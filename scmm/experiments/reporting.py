@@ -10,8 +10,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..datasets import Dataset
+from ..exit_codes import EXIT_DIVERGED, EXIT_FAILED, EXIT_FINISHED, EXIT_INTERRUPTED
 from ..parameters import ParameterTable
 from ..training.settings import OptimiserSettings
+from .settings import ExperimentSettings, to_dict
 
 # Per-step arrays the trainer returns that are summarised specially (not "last value").
 _SPECIAL = ("loss", "n_tokens", "learning_rate", "loss_scale", "skipped")
@@ -87,3 +90,33 @@ def print_summary(summary: dict[str, Any]) -> None:
         f" {fmt('tokens_per_second', '.0f')} tokens/s"
     )
     print(f"outputs: {summary['out_dir']}")
+
+
+_EXIT_CODES = {
+    "finished": EXIT_FINISHED,
+    "diverged": EXIT_DIVERGED,
+    "interrupted": EXIT_INTERRUPTED,
+    "failed": EXIT_FAILED,
+}
+
+
+def run_exit_code(status: str) -> int:
+    """The process exit code of a run that ended with ``status``."""
+    return _EXIT_CODES.get(status, EXIT_FAILED)
+
+
+def header_line(
+    settings: ExperimentSettings, parameters: int, dataset: Dataset, out_dir: str
+) -> str:
+    """One line at the start of a run: preset, model, size, scheme, data and output folder."""
+    tree = to_dict(settings)
+    model = settings.model
+    kind = tree["model"]["sequence"]["type"]
+    scheme = tree["model"]["scaling"]["type"]
+    splits = ", ".join(f"{name} {len(ids):,}" for name, ids in dataset.splits.items())
+    return (
+        f"scmm: preset {settings.preset or '-'} | {kind} model, hidden {model.hidden_size} x"
+        f" depth {model.depth}, {parameters:,} parameters, {scheme} scaling, {model.dtype} |"
+        f" data: {dataset.description} ({dataset.vocab.size} characters; {splits}) |"
+        f" out: {out_dir}"
+    )

@@ -12,24 +12,35 @@ weight).
 import dataclasses
 import os
 import secrets
+import shutil
+import sys
+import threading
 import time
 import traceback
 from typing import Any, Optional
 
-
 from .. import datasets
-from ..exit_codes import EXIT_DIVERGED, EXIT_FAILED, EXIT_FINISHED
+from ..folder_lock import FolderLock
 from ..io import write_json
 from ..models import CharLM
 from ..parameters import ParameterTable
 from ..pedal import Execution, split_seed
 from ..training import NonFiniteError, Trainer, bits_per_character
-from . import checkpoints, diagnostics
+from . import checkpoints, diagnostics, failures
 from .hooks import Hook, chunk_length, run_due
+from .interrupts import Interrupts, StopRequested
 from .progress import Progress
-from .reporting import Throughput, chunk_metrics, parameters_record, print_summary
+from .resume import ResumePoint, ended_run, load_point, repair_best
+from .reporting import (
+    Throughput,
+    chunk_metrics,
+    header_line,
+    parameters_record,
+    print_summary,
+    run_exit_code,
+)
 from .settings import ExperimentSettings, to_dict
-from .trackers import Tracker, open_trackers, truncate_log
+from .trackers import CompositeTracker, JsonlTracker, open_trackers, repair_log
 
 
 def default_out_dir(settings: ExperimentSettings) -> str:
@@ -50,18 +61,54 @@ def resolve_seeds(settings: ExperimentSettings) -> ExperimentSettings:
 
 
 class Experiment:  # pylint: disable=too-many-instance-attributes
-    """Set up in ``__init__`` (errors there are bad input); ``run()`` trains."""
+    """Set up in ``__init__`` (errors there are bad input, nothing computed); ``run()`` trains.
 
-    def __init__(self, settings: ExperimentSettings, out_dir: str, resume: bool = False):
+    The run folder is locked (``scmm.folder_lock``) from the start of ``__init__`` until
+    ``run()`` returns (or the process dies): a second run or resume on it is refused.
+    """
+
+    def __init__(
+        self,
+        settings: ExperimentSettings,
+        out_dir: str,
+        resume: bool = False,
+        resume_from: str = "last",
+    ):
         settings.validate()
         self.out_dir = out_dir
         self.resume = resume
-        if not resume and os.path.exists(os.path.join(out_dir, "settings.json")):
+        created = not os.path.exists(out_dir)
+        self.lock = FolderLock(out_dir).acquire()
+        try:
+            self._set_up(settings, resume_from)
+        except ValueError as error:
+            if resume:  # a damaged or foreign checkpoint, or steps below it: say so in the folder
+                self._record_refusal(str(error))
+            self._release(remove_if_empty=created)
+            raise
+        except BaseException:
+            self._release(remove_if_empty=created)
+            raise
+
+    def _record_refusal(self, message: str) -> None:
+        """An ``error`` record and a ``failed`` summary for a resume refused before compute."""
+        tracker = JsonlTracker(os.path.join(self.out_dir, "log.jsonl"))
+        try:
+            tracker.log({"time": time.time(), "kind": "error", "step": None, "message": message})
+        finally:
+            tracker.finish("failed")
+        summary = {"status": "failed", "error": message, "out_dir": os.path.abspath(self.out_dir)}
+        write_json(os.path.join(self.out_dir, "summary.json"), summary)
+
+    def _set_up(self, settings: ExperimentSettings, resume_from: str) -> None:
+        # Checked under the lock: two runs started together on one folder cannot both pass.
+        if not self.resume and os.path.exists(os.path.join(self.out_dir, "settings.json")):
             raise FileExistsError(
-                f"--out {out_dir!r} already holds a run; use --resume {out_dir} to continue it"
-                " or choose another folder"
+                f"--out {self.out_dir!r} already holds a run; use --resume {self.out_dir} to"
+                " continue it or choose another folder"
             )
         self.settings = resolve_seeds(settings)
+        self.ended = ended_run(self.out_dir, settings.training.steps) if self.resume else None
         self.dataset = datasets.load_dataset(self.settings.data)
         self._set_vocab_size()
         self.execution = Execution(self.settings.execution)
@@ -83,15 +130,34 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
             self.settings.data.overlap_length,
             seed=split_seed(self.settings.seed, "data"),
         )
+        self.start: Optional[ResumePoint] = None
+        if self.resume and self.ended is None:
+            self.start = load_point(
+                self.out_dir,
+                resume_from,
+                self.model.get_weight_arrays(),
+                self.trainer.state_arrays(),
+                self.settings.training.steps,
+            )
+        if self.ended is None:
+            self._check_disk_space()
         self.best_valid_loss = float("inf")
+        self.best_step: Optional[int] = None
         self.throughput = Throughput()
         self.last_metrics: dict[str, float] = {}
         self.results: dict[str, dict[str, float]] = {}
         self.divergence: dict[str, Any] = {}
         self.started = time.time()
-        self.tracker: Optional[Tracker] = None
+        self.tracker: Optional[CompositeTracker] = None
         self.progress: Optional[Progress] = None
+        self.interrupts = Interrupts(notice=self._notice)
+        self.out_of_memory = False
         self.hooks = self._hooks()
+
+    def _release(self, remove_if_empty: bool = False) -> None:
+        self.lock.release()
+        if remove_if_empty and os.listdir(self.out_dir) == [".lock"]:
+            shutil.rmtree(self.out_dir, ignore_errors=True)  # a refused new run leaves nothing
 
     def _hooks(self) -> list[Hook]:
         """The periodic actions, in the order they run after a chunk."""
@@ -120,20 +186,47 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         model = dataclasses.replace(self.settings.model, vocab_size=vocab)
         self.settings = dataclasses.replace(self.settings, model=model)
 
+    def _checkpoint_bytes(self) -> int:
+        return checkpoints.size_bytes(self.model.get_weight_arrays(), self.trainer.state_arrays())
+
+    def _check_disk_space(self) -> None:
+        """Room for last.npz, best.npz and one being written, before any compute."""
+        size = self._checkpoint_bytes()
+        existing = [checkpoints.path_of(self.out_dir, name) for name in checkpoints.NAMES]
+        held = sum(os.path.getsize(path) for path in existing if os.path.isfile(path))
+        copies = 3 if self.settings.output.keep_best else 2
+        failures.check_free_space(
+            self.out_dir,
+            max(copies * size - held, size) + 2**20,
+            f"checkpointing ({copies} copies of about {failures.megabytes(size)})",
+        )
+
     # Outputs ---------------------------------------------------------------------------------
+
+    def _notice(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.message(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
 
     def _log(self, kind: str, step: int, **metrics: Any) -> None:
         assert self.tracker is not None
         self.tracker.log({"kind": kind, "step": step, **metrics})
 
     def _checkpoint_state(self) -> dict[str, Any]:
+        assert self.tracker is not None
+        valid = self.results.get("valid")
         return {
             "step": self.trainer.step,
             "stream": self.stream.state(),
             "best_valid_loss": self.best_valid_loss,
+            "best_step": self.best_step,
             "seed": self.settings.seed,
             "throughput": dataclasses.asdict(self.throughput),
             "scheme": self.model.scheme.state(self.parameters),
+            # How much of log.jsonl belongs to this checkpoint: a resume cuts it back to that.
+            "log_lines": self.tracker.log_lines,
+            "valid": {"step": self.valid_step, **valid} if valid else None,
         }
 
     def _save_checkpoint(self, improved: bool) -> None:
@@ -141,28 +234,31 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         write_json(os.path.join(folder, "settings.json"), to_dict(self.settings))
         model_arrays = self.model.get_weight_arrays()
         optimiser_arrays = self.trainer.state_arrays()
+        size = checkpoints.size_bytes(model_arrays, optimiser_arrays)
         state = self._checkpoint_state()
-        checkpoints.save(os.path.join(folder, "last.npz"), model_arrays, optimiser_arrays, state)
-        if improved and self.settings.output.keep_best:
-            checkpoints.save(
-                os.path.join(folder, "best.npz"), model_arrays, optimiser_arrays, state
-            )
+        names = ["best", "last"] if improved and self.settings.output.keep_best else ["last"]
+        for name in names:  # best first: see scmm.experiments.checkpoints
+            failures.check_free_space(folder, size, f"checkpoints/{name}.npz")
+            path = checkpoints.path_of(self.out_dir, name)
+            checkpoints.save(path, model_arrays, optimiser_arrays, state)
 
-    def _restore(self) -> int:
-        path = checkpoints.latest(self.out_dir)
-        if path is None:
-            return 0  # killed before the first checkpoint: start again from step 0
-        model_arrays, optimiser_arrays, state = checkpoints.load(path)
-        self.model.set_weight_arrays(model_arrays)
-        self.trainer.set_state_arrays(optimiser_arrays)
+    def _restore(self, point: ResumePoint) -> int:
+        state = point.state
+        self.model.set_weight_arrays(point.model)
+        self.trainer.set_state_arrays(point.optimiser)
         self.stream.set_state(state["stream"])
         self.best_valid_loss = float(state["best_valid_loss"])
+        self.best_step = state.get("best_step")
         self.throughput = Throughput(**state["throughput"])
         if "scheme" in state:
             self.model.scheme.restore(self.parameters, state["scheme"])
         elif "weight_gradient_factors" in state:  # a checkpoint written before schemes
             self.parameters.set_gradient_factors(state["weight_gradient_factors"])
-        return int(state["step"])
+        valid = state.get("valid")
+        if valid and valid.get("step") == point.step:  # validated at the checkpoint's step
+            self.valid_step = point.step
+            self.results["valid"] = {k: v for k, v in valid.items() if k != "step"}
+        return point.step
 
     def _write_parameters(self) -> None:
         record = parameters_record(
@@ -171,6 +267,8 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         write_json(os.path.join(self.out_dir, "parameters.json"), record)
 
     # Training --------------------------------------------------------------------------------
+
+    valid_step: Optional[int] = None
 
     def _evaluate(self, split: str, step: int, limit: Optional[int] = None) -> dict[str, float]:
         ids = self.dataset.splits[split]
@@ -184,6 +282,8 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         )
         result = self.trainer.evaluate(batches)
         self.results[split] = result
+        if split == "valid":
+            self.valid_step = step
         kind = "eval_train" if split == "train" else f"eval_{split}"
         self._log(kind, step, **result)
         return result
@@ -207,6 +307,9 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
 
     def _train_chunk(self, count: int, seen_counts: set[int]) -> dict[str, float]:
         batch = self.stream.next(count)
+        if count not in seen_counts:
+            xla = " with XLA" if self.settings.execution.xla else ""
+            self._notice(f"compiling the training step{xla} ({count} steps per call)…")
         start = time.time()
         results = self.trainer.train(batch)
         elapsed = time.time() - start
@@ -224,6 +327,8 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
     def _shown(self) -> dict[str, float]:
         """The last chunk's metrics a progress line shows."""
         metrics = self.last_metrics
+        if not metrics:
+            return {}
         return {
             "loss": metrics["loss"],
             "bpc": metrics["bpc"],
@@ -238,7 +343,8 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         """Validation loss, then the checkpoint (best.npz when it improved)."""
         valid = self._evaluate("valid", step)
         improved = valid["loss"] < self.best_valid_loss
-        self.best_valid_loss = min(self.best_valid_loss, valid["loss"])
+        if improved:
+            self.best_valid_loss, self.best_step = valid["loss"], step
         self._save_checkpoint(improved)
         assert self.progress is not None
         self.progress.message(f"step {step}: valid bpc {valid['bpc']:.4f}")
@@ -248,11 +354,13 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         training = self.settings.training
         seen_counts: set[int] = set()
         step = self.trainer.step
+        self.interrupts.check()
         while step < training.steps:
             count = chunk_length(step, training.steps, training.iterations_per_loop, self.hooks)
             self._train_chunk(count, seen_counts)
             step = self.trainer.step
             run_due(self.hooks, step, training.steps)
+            self.interrupts.check()  # weights, optimiser, stream and step agree here
 
     def _summary(self, status: str) -> dict[str, Any]:
         step = self.divergence["step"] - 1 if self.divergence else self.trainer.step
@@ -274,35 +382,77 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         )
         return summary
 
-    def _finish(self, status: str) -> dict[str, Any]:
+    def _finish(self, status: str, error: Optional[str] = None) -> dict[str, Any]:
+        """summary.json and the trackers' end, each attempted even if another fails (a full
+        disk may refuse the summary; the log record is then all there is)."""
         summary = self._summary(status)
-        write_json(os.path.join(self.out_dir, "summary.json"), summary)
-        assert self.tracker is not None
-        self.tracker.summary(summary)
-        self.tracker.finish(status)
+        if error:
+            summary["error"] = error
+        tracker = self.tracker
+        assert tracker is not None
+        for action in (
+            lambda: write_json(os.path.join(self.out_dir, "summary.json"), summary),
+            lambda: tracker.summary(summary),
+            lambda: tracker.finish(status),
+        ):
+            try:
+                action()
+            except OSError as failure:
+                print(f"error: {failures.one_line(failure)}", file=sys.stderr)
         return summary
 
-    def run(self) -> int:
-        """Train, evaluate, write outputs; returns the process exit code."""
-        os.makedirs(self.out_dir, exist_ok=True)
+    def _begin(self) -> int:
+        """Open the folder for writing: restore, cut the log back, settings and header."""
         start_step = 0
+        log_path = os.path.join(self.out_dir, "log.jsonl")
         if self.resume:
-            start_step = self._restore()
-            truncate_log(os.path.join(self.out_dir, "log.jsonl"), start_step)
+            for path in checkpoints.remove_temporaries(self.out_dir):
+                self._notice(f"removed {path} (left by an interrupted write)")
+            if self.start is not None:
+                start_step = self._restore(self.start)
+                if repair_best(self.out_dir, self.start):
+                    self._notice("best.npz was older than last.npz's best: copied last.npz")
+            keep = self.start.state.get("log_lines") if self.start is not None else 0
+            for note in repair_log(log_path, keep, start_step).notes():
+                self._notice(note)
         write_json(os.path.join(self.out_dir, "settings.json"), to_dict(self.settings))
         self.tracker = open_trackers(self.settings, self.out_dir, self.resume)
+        print(header_line(self.settings, self.model.parameter_count(), self.dataset, self.out_dir))
         if self.resume:
+            where = self.start.path if self.start is not None else "the start (no checkpoint)"
+            self._notice(f"resuming from step {start_step} ({where})")
             self._log("resume", start_step)
         else:
             self._log("settings", 0, settings=to_dict(self.settings))
             self._log("stats", 0, **self._stats())
+        return start_step
+
+    def run(self) -> int:
+        """Train, evaluate, write outputs; returns the process exit code."""
+        try:
+            if self.ended is not None:
+                status = self.ended["status"]
+                print(
+                    f"{self.out_dir}: the run already {status} at step {self.ended.get('step')}"
+                    " (summary.json); nothing to resume"
+                )
+                return run_exit_code(status)
+            if threading.current_thread() is threading.main_thread():
+                with self.interrupts:
+                    return self._run()
+            return self._run()
+        finally:
+            self._release()
+
+    def _run(self) -> int:
+        start_step = self._begin()
         self.progress = progress = Progress(
             self.settings.output.progress,
             self.settings.training.steps,
             start_step,
             self.settings.output.progress_interval,
         )
-        status, code = "finished", EXIT_FINISHED
+        status, error_line = "finished", None
         try:
             if self.model.scheme.calibrates and start_step == 0:
                 self._calibrate()
@@ -316,35 +466,51 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
             self._evaluate("train", step, limit=self.settings.output.train_eval_chars)
             self._evaluate("test", step)
         except NonFiniteError as error:
-            status, code = "diverged", EXIT_DIVERGED
-            # The trainer reports the last finite step inside the failing call: keep it (when
-            # the first call diverges, last_train is empty and this is all there is).
-            last_finite = {"step": error.step - 1, **error.metrics} if error.metrics else {}
-            self.divergence = {
-                "step": error.step,
-                "tensor": error.tensor,
-                "last_finite": last_finite,
-            }
-            self._log(
-                "diverged",
-                error.step,
-                tensor=error.tensor,
-                message=str(error),
-                last_finite=last_finite,
-            )
-            progress.message(f"diverged: {error}")
+            status = "diverged"
+            self._record_divergence(error)
+        except StopRequested as stop:
+            status = "interrupted"
+            self._save_checkpoint(improved=False)
+            self._log("interrupted", self.trainer.step, signal=str(stop), checkpoint=True)
         except KeyboardInterrupt:
-            status, code = "failed", EXIT_FAILED
-            self._log("error", self.trainer.step, message="interrupted (KeyboardInterrupt)")
+            status = "interrupted"
+            self._log("interrupted", self.trainer.step, signal="second signal", checkpoint=False)
         except Exception as error:  # pylint: disable=broad-except
-            status, code = "failed", EXIT_FAILED
-            self._log("error", self.trainer.step, message=f"{type(error).__name__}: {error}")
-            traceback.print_exc()
+            status, error_line = "failed", self._record_failure(error)
         finally:
             progress.close()
-        summary = self._finish(status)
+        summary = self._finish(status, error_line)
         print_summary(summary)
-        return code
+        if status == "interrupted":
+            print(f"resume with: python run_experiment.py --resume {self.out_dir}")
+        if error_line:
+            print(f"error: {error_line}", file=sys.stderr)
+        return run_exit_code(status)
+
+    def _record_divergence(self, error: NonFiniteError) -> None:
+        # The trainer reports the last finite step inside the failing call: keep it (when the
+        # first call diverges, last_train is empty and this is all there is).
+        last_finite = {"step": error.step - 1, **error.metrics} if error.metrics else {}
+        self.divergence = {"step": error.step, "tensor": error.tensor, "last_finite": last_finite}
+        self._log(
+            "diverged", error.step, tensor=error.tensor, message=str(error), last_finite=last_finite
+        )
+        assert self.progress is not None
+        self.progress.message(f"diverged: {error}")
+
+    def _record_failure(self, error: Exception) -> str:
+        """Log an ``error`` record; a traceback only for what is not a known resource limit."""
+        training = self.settings.training
+        batch = f"batch {training.batch_sequences} x {self.settings.data.sequence_length}"
+        line = failures.one_line(error, batch)
+        self.out_of_memory = failures.is_out_of_memory(error)
+        if not (self.out_of_memory or failures.is_disk_full(error)):
+            traceback.print_exc()
+        try:
+            self._log("error", self.trainer.step, message=line)
+        except OSError:
+            pass  # a full disk: the summary (if it fits) and the error line still say it
+        return line
 
     def _stats(self) -> dict[str, Any]:
         return {

@@ -6,6 +6,7 @@ one line per record and flushes. ``WandbTracker`` mirrors records to a WandB run
 failure is reported once on stderr and WandB is then dropped, so it never stops training.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -13,7 +14,7 @@ import sys
 import time
 from typing import Any, Optional, Protocol, Sequence
 
-from ..io import atomic_open, read_jsonl
+from ..io import atomic_open, scan_jsonl
 from .settings import ExperimentSettings, to_dict
 
 
@@ -42,17 +43,35 @@ class Tracker(Protocol):
 
 
 class JsonlTracker:
-    """Appends records to ``log.jsonl``."""
+    """Appends records to ``log.jsonl``, one whole line at a time.
+
+    ``lines`` counts the file's lines (those there when it was opened plus every record since),
+    so a checkpoint can record exactly how much of the log belongs to it. A write that fails
+    part-way (a full disk) is cut back to the previous end of the file: the log never holds a
+    torn record, and the error propagates.
+    """
 
     def __init__(self, path: str):
         self.path = path
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self._file = open(path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
+        self._fd: Optional[int] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        with open(path, "rb") as file:
+            self.lines = file.read().count(b"\n")
 
     def log(self, record: dict[str, Any]) -> None:
         """Record one entry."""
-        self._file.write(json.dumps(_json_safe(record), allow_nan=False) + "\n")
-        self._file.flush()
+        if self._fd is None:
+            raise ValueError(f"{self.path}: log already closed")
+        data = (json.dumps(_json_safe(record), allow_nan=False) + "\n").encode("utf-8")
+        end = os.fstat(self._fd).st_size
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(self._fd, data[written:])
+        except OSError:
+            os.ftruncate(self._fd, end)  # shrinking needs no space, so it works on a full disk
+            raise
+        self.lines += 1
 
     def summary(self, summary: dict[str, Any]) -> None:
         """Record the final summary."""
@@ -61,20 +80,88 @@ class JsonlTracker:
     def finish(self, status: str) -> None:
         """Close the tracker."""
         del status  # the status is in the summary record already
-        self._file.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
-def truncate_log(path: str, last_step: int) -> None:
-    """Keep only records up to ``last_step`` (atomically): used when resuming a run.
+DROPPED_SUFFIX = ".dropped"
 
-    The killed run may have logged steps after its last checkpoint; the resumed run repeats
-    those steps, and keeping both copies would double them in the log.
+
+@dataclasses.dataclass
+class LogRepair:
+    """What a resume did to ``log.jsonl``: lines kept, moved aside, and unreadable ones."""
+
+    kept: int
+    after_checkpoint: int
+    unreadable: list[tuple[int, str]]
+    archive: str
+
+    def notes(self) -> list[str]:
+        """Lines to show the user (nothing when nothing was moved)."""
+        notes = []
+        if self.after_checkpoint:
+            notes.append(
+                f"{self.after_checkpoint} log record(s) written after the checkpoint were moved"
+                f" to {self.archive} (the resumed run repeats those steps)"
+            )
+        if self.unreadable:
+            where = ", ".join(f"line {n} ({why})" for n, why in self.unreadable)
+            notes.append(f"warning: unreadable log line(s) moved to {self.archive}: {where}")
+        return notes
+
+
+def repair_log(path: str, keep_lines: Optional[int], last_step: int) -> LogRepair:
+    """Cut ``log.jsonl`` back to what it held when the resumed checkpoint was written.
+
+    ``keep_lines`` is the line count the checkpoint recorded; for a checkpoint written before
+    that was recorded, records up to ``last_step`` (and no summary) are kept instead. Nothing
+    is deleted: every line taken out (records the resumed run will repeat, torn or malformed
+    lines) is appended to ``log.jsonl.dropped`` first, then the log is rewritten atomically.
     """
-    records = [r for r in read_jsonl(path) if int(r.get("step", 0)) <= last_step]
-    records = [r for r in records if r.get("kind") not in ("summary",)]
-    with atomic_open(path) as file:
-        for record in records:
-            file.write(json.dumps(record, allow_nan=False) + "\n")
+    scan = scan_jsonl(path)
+    good = dict(zip(scan.record_lines, scan.records))
+    bad_numbers = {number for number, _ in scan.bad}
+    if keep_lines is None:
+
+        def keep(index: int) -> bool:
+            record = good.get(index)
+            return (
+                record is not None
+                and int(record.get("step", 0)) <= last_step
+                and record.get("kind") != "summary"
+            )
+
+    else:
+
+        def keep(index: int) -> bool:
+            return index < keep_lines and index in good
+
+    kept = [index for index in range(len(scan.lines)) if keep(index)]
+    moved = [index for index in range(len(scan.lines)) if not keep(index)]
+    archive = path + DROPPED_SUFFIX
+    repair = LogRepair(
+        kept=len(kept),
+        after_checkpoint=sum(1 for index in moved if index + 1 not in bad_numbers),
+        unreadable=list(scan.bad),
+        archive=archive,
+    )
+    if not moved:
+        return repair
+    with open(archive, "a", encoding="utf-8") as file:
+        file.write(
+            f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} resume from step {last_step}:"
+            f" {len(moved)} line(s) taken out of {os.path.basename(path)}\n"
+        )
+        for index in moved:
+            line = scan.lines[index]
+            file.write(line if line.endswith("\n") else line + "\n")
+        file.flush()
+        os.fsync(file.fileno())
+    with atomic_open(path) as log:
+        for index in kept:
+            log.write(scan.lines[index])
+    return repair
 
 
 def wandb_logged_in() -> bool:
@@ -185,6 +272,14 @@ class CompositeTracker:
     def __init__(self, trackers: Sequence[Tracker]):
         self.trackers = list(trackers)
 
+    @property
+    def log_lines(self) -> Optional[int]:
+        """Lines in ``log.jsonl`` so far (None without a JSONL tracker)."""
+        for tracker in self.trackers:
+            if isinstance(tracker, JsonlTracker):
+                return tracker.lines
+        return None
+
     def log(self, record: dict[str, Any]) -> None:
         """Record one entry."""
         record = {"time": time.time(), **record}
@@ -202,7 +297,7 @@ class CompositeTracker:
             tracker.finish(status)
 
 
-def open_trackers(settings: ExperimentSettings, out_dir: str, resume: bool) -> Tracker:
+def open_trackers(settings: ExperimentSettings, out_dir: str, resume: bool) -> "CompositeTracker":
     """The run's trackers: ``log.jsonl`` always, WandB unless ``output.wandb=off``.
 
     WandB that cannot start is reported once on stderr and left out; a resumed run continues
