@@ -24,7 +24,7 @@ DONE_STATES = ("finished", "diverged")
 
 
 @dataclasses.dataclass
-class TrialRecord:
+class TrialRecord:  # pylint: disable=too-many-instance-attributes  # a row of sweep.jsonl
     """What the sweep knows of one trial."""
 
     trial: str
