@@ -27,9 +27,16 @@ from scmm.sweeps.definition import (
     expand,
     load_definition,
 )
-from scmm.sweeps.executors import TrialOutcome, TrialSpec
+from scmm.sweeps.executors import NOT_STARTED, TrialOutcome, TrialSpec
 from scmm.sweeps.index import SweepIndex, TrialRecord
-from scmm.sweeps.runner import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Sweep, SweepOptions
+from scmm.sweeps.runner import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    Sweep,
+    SweepOptions,
+)
 from scmm.sweeps.search import best_point, learning_rate, next_point
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,21 +69,21 @@ def test_cartesian_product_filters_and_labels() -> None:
                 "regular": {"model.scaling.type": "regular"},
                 "unit": {"model.scaling.type": "unit"},
             },
-            "model.hidden_size": [32, 64, 128],
+            "model.depth": [1, 2, 3],
         },
         overrides={"model.residual.weighting": "mean"},
-        filters=[{"variant": "unit", "model.hidden_size": 128}],
+        filters=[{"variant": "unit", "model.depth": 3}],
     )
     configs = expand(sweep)
     assert len(configs) == 2 * 3 - 1
     keys = [c.key for c in configs]
-    assert keys[0] == "variant=regular,model.hidden_size=32"
-    assert "variant=unit,model.hidden_size=128" not in keys
-    unit_64 = configs[keys.index("variant=unit,model.hidden_size=64")]
-    assert unit_64.settings["model"]["scaling"]["type"] == "unit"
-    assert unit_64.settings["model"]["hidden_size"] == 64
-    assert unit_64.settings["model"]["residual"]["weighting"] == "mean"
-    assert unit_64.settings["preset"] == "smoke"
+    assert keys[0] == "variant=regular,model.depth=1"
+    assert "variant=unit,model.depth=3" not in keys
+    unit_2 = configs[keys.index("variant=unit,model.depth=2")]
+    assert unit_2.settings["model"]["scaling"]["type"] == "unit"
+    assert unit_2.settings["model"]["depth"] == 2
+    assert unit_2.settings["model"]["residual"]["weighting"] == "mean"
+    assert unit_2.settings["preset"] == "smoke"
 
 
 def test_axis_value_may_switch_preset_and_search_start() -> None:
@@ -159,7 +166,10 @@ def test_sweep_file_yaml(tmp_path: pathlib.Path) -> None:
 def test_sweep_file_is_read_and_checked_like_a_settings_file(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "words.yaml"
     # YAML 1.2 booleans, as in settings files: off stays the text "off" (YAML 1.1: False).
-    overrides = "{output.wandb: off, model.scaling.type: unit, model.scaling.calibrate: false}"
+    overrides = (
+        "{output.wandb: off, model.scaling.type: unit, model.scaling.calibrate: false,"
+        " model.residual.weighting: mean}"
+    )
     path.write_text(f"base: smoke\noverrides: {overrides}\n")
     configs = expand(load_definition(str(path)))
     assert len(configs) == 1
@@ -210,7 +220,11 @@ def test_configurations_resolve_exactly_as_run_experiment_would() -> None:
 def test_layers_merge_in_order_and_a_later_type_change_drops_earlier_fields() -> None:
     conv = {"model.sequence.groups": 4, "model.sequence.type": "conv"}  # one layer: any order
     sweep = definition(
-        overrides={"model.sequence.heads": 4, "model.residual.weighting": "mean"},
+        overrides={
+            "model.sequence.heads": 4,
+            "model.sequence.head_size": 8,
+            "model.residual.weighting": "mean",
+        },
         axes={"mixer": {"attention": {}, "conv": conv}},
     )
     configs = {c.key: c.settings["model"]["sequence"] for c in expand(sweep)}
@@ -260,6 +274,46 @@ def test_dry_run_lists_every_configuration_fast(capsys: pytest.CaptureFixture[st
     assert "20 configurations" in out
     assert out.count("LR search from 2^-14.00") == 12 and out.count("LR search from 2^-8.00") == 8
     assert elapsed < 30  # no TensorFlow, no data: it is a listing
+
+
+def readme_example_sweep() -> str:
+    """The YAML block of the README's "Sweeps" section."""
+    text = pathlib.Path(ROOT, "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Sweeps\n", 1)[1]
+    return section.split("```yaml\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_example_sweep_passes_a_dry_run(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "example.yaml"
+    path.write_text(readme_example_sweep())
+    assert sweep_cli.main([str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "sweep example" in out and "configurations;" in out
+
+
+def test_a_dry_run_runs_the_cross_field_checks_and_names_every_bad_configuration(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The README's former example: the paper's 2 x 64 attention heads cannot fit hidden 64.
+    path = tmp_path / "old.yaml"
+    path.write_text(
+        "base: default\naxes:\n  model: {attention: {preset: paper-attention},"
+        " conv: {preset: paper-conv}}\n  model.hidden_size: [64, 100, 128]\n"
+    )
+    assert sweep_cli.main([str(path), "--dry-run"]) == sweep_cli.EXIT_USAGE
+    errors = capsys.readouterr().err.splitlines()
+    assert errors == [
+        "error: configuration model=attention,model.hidden_size=64: model.sequence.heads x"
+        " head_size = 2 x 64 = 128 does not fit hidden_size=64 (expected heads x head_size =="
+        " hidden_size)",
+        "error: configuration model=attention,model.hidden_size=100: model.sequence.heads x"
+        " head_size = 2 x 64 = 128 does not fit hidden_size=100 (expected heads x head_size =="
+        " hidden_size)",
+        "error: configuration model=conv,model.hidden_size=100: model.sequence.groups=8 must"
+        " divide hidden_size=100",
+    ]
 
 
 def test_cli_rejects_bad_override_before_running(
@@ -333,9 +387,12 @@ class FakeExecutor:
         objective: Callable[[float, int], float],
         fail: Iterable[str] = (),
         interrupt_after: Optional[int] = None,
+        scripted: Optional[dict[str, list[TrialOutcome]]] = None,
     ) -> None:
         self.objective = objective
         self.fail = dict.fromkeys(fail, 1)
+        self.scripted = scripted or {}
+        """Trial -> outcomes returned (in order) before the objective takes over."""
         self.submitted: list[str] = []
         self.interrupt_after = interrupt_after
         self.stopped = False
@@ -348,6 +405,9 @@ class FakeExecutor:
             settings = json.load(file)
         future: concurrent.futures.Future[TrialOutcome] = concurrent.futures.Future()
         rate = settings["training"]["optimiser"]["learning_rate"]
+        if self.scripted.get(spec.trial):
+            future.set_result(self.scripted[spec.trial].pop(0))
+            return future
         if self.fail.get(spec.trial):
             self.fail[spec.trial] -= 1
             future.set_result(TrialOutcome(exit_code=1, summary=None, wall_seconds=0.1, error="x"))
@@ -487,6 +547,63 @@ def test_interrupt_records_running_trials_and_resume_completes(tmp_path: pathlib
     assert len(resumed.submitted) == 2 * (7 + 4) - 4
 
 
+def test_a_configuration_error_is_shown_never_retried_and_stops_its_configuration(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trial = "variant=unit/lr-9.00-r0"
+    error = "error: model.sequence.heads x head_size = 2 x 64 = 128 does not fit hidden_size=64"
+    bad = TrialOutcome(exit_code=2, summary=None, wall_seconds=0.1, error=error)
+    executor = FakeExecutor(bowl, scripted={trial: [bad, bad]})
+    assert fake_sweep(tmp_path).run(executor) == EXIT_USAGE
+    assert executor.submitted.count(trial) == 1  # never retried, though --retries is 1
+    # Its configuration stops: nothing beyond the first point's repeats (started together).
+    unit = {t for t in executor.submitted if t.startswith("variant=unit/")}
+    assert unit == {trial, "variant=unit/lr-9.00-r1"}
+    console = capsys.readouterr().out
+    assert f"configuration error in {trial}: {error}" in console
+    index = SweepIndex(str(tmp_path / "sweep" / "sweep.jsonl"))
+    assert record_of(index, trial).state == "invalid" and record_of(index, trial).crashes == 0
+    assert record_of(index, "variant=regular/lr-8.00-r0").state == "finished"
+    assert (
+        "Stopped by a configuration error: variant=unit"
+        in (tmp_path / "sweep" / "table.md").read_text()
+    )
+    # A re-run does not retry it either.
+    again = FakeExecutor(bowl)
+    assert fake_sweep(tmp_path).run(again, progress=False) == EXIT_USAGE
+    assert trial not in again.submitted
+
+
+def test_interrupted_and_never_started_attempts_use_no_retry(tmp_path: pathlib.Path) -> None:
+    trial = "variant=unit/lr-9.00-r0"
+    interrupted = TrialOutcome(exit_code=EXIT_INTERRUPTED, summary=None, wall_seconds=0.1)
+    killed_by_term = TrialOutcome(exit_code=-signal.SIGTERM, summary=None, wall_seconds=0.1)
+    never = TrialOutcome(exit_code=None, summary=None, wall_seconds=0.0, how=NOT_STARTED)
+    crash = TrialOutcome(exit_code=1, summary=None, wall_seconds=0.1, error="boom")
+    # With --retries 1, one crash is allowed: everything else here must cost nothing.
+    script = [never, interrupted, killed_by_term, never, crash, interrupted]
+    executor = FakeExecutor(bowl, scripted={trial: list(script)})
+    out = tmp_path / "sweep" / "trials" / "variant=unit" / "lr-9.00-r0"
+    out.mkdir(parents=True)  # what the crashed attempt leaves; moved aside when it crashes
+    assert fake_sweep(tmp_path).run(executor, progress=False) == EXIT_OK
+    assert executor.submitted.count(trial) == len(script) + 1
+    record = record_of(SweepIndex(str(tmp_path / "sweep" / "sweep.jsonl")), trial)
+    assert record.state == "finished" and record.crashes == 1
+    assert record.attempts == len(script) + 1 - 2  # the never-started ones launched nothing
+    assert (out.parent / "lr-9.00-r0.crash1").is_dir()
+
+
+def test_an_index_from_before_crash_counting_keeps_its_failures(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "sweep.jsonl"
+    old = {"trial": "a/x", "config": "a", "labels": {}, "learning_rate": 0.1, "point": 0}
+    old.update(repeat=0, seed=1, out_dir="x", state="failed", attempts=2)
+    path.write_text(
+        json.dumps(old) + "\n" + json.dumps({**old, "trial": "a/y", "state": "interrupted"}) + "\n"
+    )
+    index = SweepIndex(str(path))
+    assert record_of(index, "a/x").crashes == 2 and record_of(index, "a/y").crashes == 0
+
+
 def test_a_different_sweep_in_the_same_folder_is_refused(tmp_path: pathlib.Path) -> None:
     fake_sweep(tmp_path).run(FakeExecutor(bowl), progress=False)
     with pytest.raises(SettingsError, match="different sweep"):
@@ -541,6 +658,57 @@ def test_table_marks_cells_within_the_ci_of_the_row_best() -> None:
     assert "1.710 ±0.010" in test_part and "**1.710" not in table
     # The validation pivot: plain medians, the row's best in bold.
     assert "| x | **1.510** | 1.515 | 1.710 |" in valid_part
+
+
+def single_record_trial(tmp_path: pathlib.Path) -> list[TrialRecord]:
+    """One finished trial whose log holds a single training record and one validation."""
+    out = tmp_path / "trial"
+    out.mkdir()
+    lines = [
+        {"kind": "train_step", "step": 8, "bpc": 5.5},
+        {"kind": "eval_valid", "step": 8, "bpc": 5.4},
+    ]
+    (out / "log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    record = TrialRecord("a/x", "a", {"v": "a"}, 0.01, 0, 0, 1, str(out))
+    record.state, record.valid_bpc, record.test_bpc = "finished", 5.4, 5.45
+    return [record]
+
+
+def test_loss_curves_draw_a_trial_with_a_single_record(tmp_path: pathlib.Path) -> None:
+    records = single_record_trial(tmp_path)
+    figure = sweep_results.loss_curves_figure(records, sweep_results.summarise(records), "t")
+    (axis,) = figure.axes
+    (line,) = axis.get_lines()
+    assert list(line.get_xdata()) == [8] and list(line.get_ydata()) == [5.5]
+    assert line.get_marker() not in (None, "None", "", " ")  # one point needs a marker
+    sweep_results.plot_loss_curves(
+        str(tmp_path / "loss.png"), records, sweep_results.summarise(records), "t"
+    )
+    from matplotlib import colors, image  # pylint: disable=import-outside-toplevel
+
+    pixels = image.imread(tmp_path / "loss.png")[..., :3]
+    distances = abs(pixels - colors.to_rgb(line.get_color())).sum(axis=-1)
+    assert (distances < 0.1).sum() > 10  # the marker's pixels are in the saved figure
+
+
+def test_lr_sweep_puts_the_variants_of_a_row_on_one_panel() -> None:
+    records = []
+    for row in ("attention", "conv"):
+        for variant in ("regular", "unit"):
+            for point, valid in enumerate((2.0, 1.9)):
+                config = f"model={row},variant={variant}"
+                record = TrialRecord(
+                    f"{config}/{point}", config, {"model": row, "variant": variant}, 2.0**point,
+                    point, 0, 1, "x", state="finished", valid_bpc=valid, test_bpc=valid,
+                )  # fmt: skip
+                records.append(record)
+    figure = sweep_results.lr_sweep_figure(records, ["model"])
+    panels = [axis for axis in figure.axes if axis.get_visible()]
+    assert [axis.get_title() for axis in panels] == ["model=attention", "model=conv"]
+    for axis in panels:
+        labelled = [line.get_label() for line in axis.get_lines()]
+        assert labelled == ["regular", "unit"]
+        assert [text.get_text() for text in axis.get_legend().get_texts()] == labelled
 
 
 # -- end to end --------------------------------------------------------------------------------- -

@@ -4,11 +4,12 @@ import argparse
 import math
 import os
 import sys
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from ..exit_codes import EXIT_USAGE
+from ..exit_codes import EXIT_BUSY, EXIT_USAGE
 from ..experiments.overrides import parse_value, split_overrides
-from ..experiments.settings import SettingsError, check_data_folder
+from ..experiments.settings import SettingsError, check_data_folder, from_dict
+from ..folder_lock import FolderBusyError
 from .definition import Configuration, SweepDefinition, expand, load_definition
 
 if TYPE_CHECKING:
@@ -96,10 +97,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise SettingsError(f"--retries must be >= 0, got {args.retries}")
         if args.dry_run:
             print(describe(definition, configurations))
+            for problem in missing_data(configurations):
+                print(f"note: {problem}; a run would stop there", file=sys.stderr)
             return 0
-        for config in configurations:
-            if config.settings["data"]["path"] is not None:
-                check_data_folder(config.settings["data"]["path"])
+        check_data(configurations)
         from .runner import Sweep, SweepOptions  # pylint: disable=import-outside-toplevel
 
         out_dir = args.out or os.path.join("out", "sweeps", definition.name)
@@ -112,12 +113,49 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         executor = _executor(args, workers, threads)
     except (SettingsError, FileNotFoundError, KeyError, ValueError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"error: {message}", file=sys.stderr)
+        # One line per problem (expansion reports every invalid configuration at once).
+        for line in str(message).splitlines():
+            print(f"error: {line}", file=sys.stderr)
         return EXIT_USAGE
     print(f"sweep {definition.name}: {len(configurations)} configurations -> {out_dir}")
-    code = sweep.run(executor)
+    try:
+        code = sweep.run(executor)
+    except FolderBusyError as error:
+        print(f"error: {error} (another run_sweep.py is driving this sweep)", file=sys.stderr)
+        return EXIT_BUSY
     print(f"results: {os.path.join(out_dir, 'table.md')}")
     return code
+
+
+def missing_data(configurations: Sequence[Configuration]) -> list[str]:
+    """What is wrong with the data folders the configurations name (a cheap look, no load)."""
+    problems: list[str] = []
+    for path in dict.fromkeys(c.settings["data"]["path"] for c in configurations):
+        if path is None:
+            continue
+        try:
+            check_data_folder(path)
+        except FileNotFoundError as error:
+            problems.append(str(error))
+    return problems
+
+
+def check_data(configurations: Sequence[Configuration]) -> None:
+    """Load each distinct data setting once, as ``run_experiment.py`` does before computing
+    (a missing file or a character outside vocab.json is bad input); cached, so the trials'
+    own loads are instant."""
+    from .. import datasets  # pylint: disable=import-outside-toplevel
+
+    seen: list[Any] = []
+    for config in configurations:
+        data = config.settings["data"]
+        if data in seen:
+            continue
+        seen.append(data)
+        try:
+            datasets.load_dataset(from_dict(config.settings).data)
+        except (ValueError, FileNotFoundError) as error:
+            raise SettingsError(f"configuration {config.key}: {error}") from None
 
 
 def _parallelism(workers: int, threads: int) -> tuple[int, int]:

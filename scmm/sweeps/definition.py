@@ -17,7 +17,9 @@ A sweep file (YAML or JSON) or preset looks like::
 
 Inside an axis value, keys starting ``lr_search.`` set that configuration's search (the paper
 starts regular models at 2^-14 and unit-scaled ones at 2^-8). Every configuration's settings
-are resolved and type-checked against the experiment settings tree before anything runs.
+are resolved, type-checked against the experiment settings tree and validated as
+``run_experiment.py`` validates them (cross-field checks included) before anything runs;
+every invalid configuration is named, with its error.
 
 The definition itself is decoded as strictly as a settings file (``experiments.decoding``), and
 a configuration's settings are built exactly as ``run_experiment.py`` builds them
@@ -203,12 +205,18 @@ def expand(
         if unknown:
             raise SettingsError(f"filter {condition} names unknown axes {unknown}")
     configurations = []
+    errors: list[str] = []
     for combination in itertools.product(*(values for _, values in axes)):
         labels = {name: label for (name, _), (label, _) in zip(axes, combination)}
         if any(_matches(labels, condition) for condition in definition.filters):
             continue
         layers = [definition.overrides, *(values for _, values in combination), extra or {}]
-        configurations.append(_resolve(definition, labels, layers))
+        try:
+            configurations.append(_resolve(definition, labels, layers))
+        except SettingsError as error:
+            errors.append(str(error))  # go on: every bad configuration is named at once
+    if errors:
+        raise SettingsError("\n".join(errors))
     if not configurations:
         raise SettingsError(f"sweep {definition.name!r}: the filters drop every configuration")
     return configurations
@@ -237,7 +245,13 @@ def _resolve(
         for layer in settings_layers:
             tree = merge(tree, overrides_to_tree(layer.items()))
         settings = from_dict(tree)
-    except SettingsError as error:
+        # The cross-field checks run_experiment.py makes before computing (heads x head_size
+        # = hidden size, groups dividing it, ...): a dry run must catch what a trial would die
+        # of. The data folder is the machine's, not the configuration's: the command line
+        # checks it once per data setting (a dry run of the paper's sweep works without it).
+        without_files = dataclasses.replace(settings.data, path=None)
+        dataclasses.replace(settings, data=without_files).validate()
+    except (SettingsError, ValueError, FileNotFoundError) as error:
         raise SettingsError(f"configuration {where}: {error}") from None
     if search is not None and settings.training.optimiser.learning_rate <= 0:
         raise SettingsError(f"configuration {where}: learning rate must be > 0")

@@ -1,20 +1,25 @@
 """Where trials run: a local pool of worker threads each driving one subprocess, or Ray.
 
 Every trial is a separate ``python -m scmm.experiments`` process with its own output folder,
-so a crash, an out-of-memory kill or a hung trial can never take the sweep down. Parallel
-trials get ``threads`` CPU threads each (TensorFlow's intra/inter-op pools and OpenMP, set
-through the environment before TensorFlow starts) so they do not oversubscribe the cores.
+so a crash, an out-of-memory kill or a hung trial can never take the sweep down. It never
+outlives its launcher unseen: its stdin is a pipe from the launching process and
+``SCMM_STOP_WITH_PARENT=1`` makes it stop itself (checkpoint, exit 130) when that pipe closes,
+i.e. when the launcher dies (``scmm.experiments.lifeline``). Before launching, a worker waits
+until nobody else is in the trial's folder and adopts or resumes what it holds
+(``trial_folder``). Parallel trials get ``threads`` CPU threads each (TensorFlow's intra/inter-op
+pools and OpenMP, set through the environment before TensorFlow starts) so they do not
+oversubscribe the cores.
 
 Ray (``--executor ray``) runs the same subprocess as a Ray task with ``num_cpus=threads``
 (and ``num_gpus`` when GPUs exist), on the local machine or a cluster (``--ray-address``).
 On a multi-node cluster the sweep folder must be on a filesystem every node sees at the same
 path: trials write their outputs there and the driver reads ``summary.json`` back from it.
-Only a local Ray instance is exercised by the tests here.
+Only a local Ray instance is exercised by the tests here. The launcher of a Ray trial is its
+Ray worker process, which Ray ends when the driver dies; the trial's pipe closes with it.
 """
 
 import concurrent.futures
 import dataclasses
-import json
 import os
 import signal
 import subprocess
@@ -23,7 +28,9 @@ import threading
 import time
 from typing import Any, Optional
 
-from ..exit_codes import EXIT_DIVERGED, EXIT_FINISHED
+from ..exit_codes import EXIT_BUSY, EXIT_DIVERGED, EXIT_FINISHED, EXIT_USAGE
+from ..experiments.lifeline import STOP_WITH_PARENT
+from . import trial_folder
 
 
 @dataclasses.dataclass
@@ -38,18 +45,39 @@ class TrialSpec:
     threads: int
 
 
+# How a trial's outcome came about.
+STARTED = "started"
+"""A process ran the trial from the beginning."""
+RESUMED = "resumed"
+"""A process continued a run the folder held (``--resume``)."""
+ADOPTED = "adopted"
+"""No process: the folder already held the run's end (e.g. finished by a killed driver's trial)."""
+NOT_STARTED = "not-started"
+"""No process: the sweep was stopping before the trial could start."""
+
+
 @dataclasses.dataclass
 class TrialOutcome:
-    """What came back from one trial process."""
+    """What came back from one trial."""
 
-    exit_code: int
+    exit_code: Optional[int]
+    """The run's exit code (for an adopted run, the code its summary implies); None when
+    nothing ran (``NOT_STARTED``)."""
     summary: Optional[dict[str, Any]]
     wall_seconds: float
     error: str = ""
+    how: str = STARTED
+    """STARTED, RESUMED, ADOPTED or NOT_STARTED."""
+
+    @property
+    def launched(self) -> bool:
+        """Whether a process ran (what counts as an attempt)."""
+        return self.how in (STARTED, RESUMED)
 
 
 def trial_environment(threads: int) -> dict[str, str]:
-    """The environment of a trial process: thread pools capped at ``threads``."""
+    """The environment of a trial process: thread pools capped at ``threads``; stops with
+    its launcher."""
     env = dict(os.environ)
     env.update(
         TF_NUM_INTRAOP_THREADS=str(threads),
@@ -57,6 +85,7 @@ def trial_environment(threads: int) -> dict[str, str]:
         OMP_NUM_THREADS=str(threads),
         TF_CPP_MIN_LOG_LEVEL=env.get("TF_CPP_MIN_LOG_LEVEL", "2"),
     )
+    env[STOP_WITH_PARENT] = "1"
     return env
 
 
@@ -64,45 +93,86 @@ _RUNNING: dict[str, subprocess.Popen[bytes]] = {}
 _RUNNING_LOCK = threading.Lock()
 # Set when the sweep stops: a worker thread that frees up afterwards must not start a trial.
 _STOPPING = threading.Event()
-EXIT_NOT_STARTED = -2
+
+
+def trial_command(spec: TrialSpec, resume: bool) -> list[str]:
+    """``python -m scmm.experiments`` starting the trial, or resuming the run its folder holds."""
+    command = [sys.executable, "-m", "scmm.experiments"]
+    if resume:
+        return [*command, "--resume", spec.out_dir]
+    return [*command, "--config", spec.settings_path, "--out", spec.out_dir]
 
 
 def run_trial(spec: TrialSpec) -> TrialOutcome:
-    """Run one trial process to completion (blocking) and read its summary."""
-    command = [
-        sys.executable,
-        "-m",
-        "scmm.experiments",
-        "--config",
-        spec.settings_path,
-        "--out",
-        spec.out_dir,
-    ]
+    """Bring one trial to an end (blocking): adopt what its folder already holds, or run it.
+
+    Waits first while another process is in the trial (``trial_folder.claim``); a run that
+    finds the folder taken after all (exit 4) is the same situation, so it waits again.
+    """
     start = time.perf_counter()
     os.makedirs(os.path.dirname(spec.log_path), exist_ok=True)
-    with open(spec.log_path, "ab") as log:
+    while True:
+        log = trial_folder.claim(spec.log_path, spec.out_dir, _STOPPING)
+        if log is None:
+            return TrialOutcome(None, None, 0.0, "sweep stopping: not started", NOT_STARTED)
+        with log:
+            leftover = trial_folder.inspect(spec.out_dir)
+            if leftover.ended_with is not None:
+                return TrialOutcome(
+                    leftover.ended_with, leftover.summary, 0.0, _ended_error(leftover), ADOPTED
+                )
+            how = RESUMED if leftover.has_run else STARTED
+            offset = log.separator(f"{how} {spec.trial}")
+            exit_code = _launch(spec, trial_command(spec, resume=leftover.has_run), log)
+            if exit_code is None:
+                return TrialOutcome(None, None, 0.0, "sweep stopping: not started", NOT_STARTED)
+            output = log.output_since(offset)
+        if exit_code != EXIT_BUSY:
+            break
+    summary = trial_folder.read_summary(spec.out_dir)
+    error = "" if exit_code in (EXIT_FINISHED, EXIT_DIVERGED) else _error_text(exit_code, output)
+    return TrialOutcome(exit_code, summary, time.perf_counter() - start, error, how)
+
+
+def _launch(spec: TrialSpec, command: list[str], log: trial_folder.TrialLog) -> Optional[int]:
+    """Run ``command`` with the held log as its output; its exit code (None: not started)."""
+    with _RUNNING_LOCK:
+        if _STOPPING.is_set():
+            return None
+        # Own session: Ctrl-C on the sweep's terminal reaches the driver only, which then
+        # stops trials itself and records them as interrupted. The stdin pipe is the trial's
+        # lifeline: it closes when this process dies, however it dies.
+        process = subprocess.Popen(  # pylint: disable=consider-using-with
+            command,
+            stdin=subprocess.PIPE,
+            stdout=log.file,
+            stderr=subprocess.STDOUT,
+            env=trial_environment(spec.threads),
+            start_new_session=True,
+        )
+        _RUNNING[spec.trial] = process
+    try:
+        return process.wait()
+    finally:
         with _RUNNING_LOCK:
-            if _STOPPING.is_set():
-                return TrialOutcome(EXIT_NOT_STARTED, None, 0.0, "sweep stopping: not started")
-            # Own session: Ctrl-C on the sweep's terminal reaches the driver only, which then
-            # stops trials itself and records them as interrupted.
-            process = subprocess.Popen(  # pylint: disable=consider-using-with
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=trial_environment(spec.threads),
-                start_new_session=True,
-            )
-            _RUNNING[spec.trial] = process
-        try:
-            exit_code = process.wait()
-        finally:
-            with _RUNNING_LOCK:
-                _RUNNING.pop(spec.trial, None)
-    wall = time.perf_counter() - start
-    summary = read_summary(spec.out_dir)
-    error = "" if exit_code in (EXIT_FINISHED, EXIT_DIVERGED) else _log_tail(spec.log_path)
-    return TrialOutcome(exit_code=exit_code, summary=summary, wall_seconds=wall, error=error)
+            _RUNNING.pop(spec.trial, None)
+        if process.stdin is not None:
+            process.stdin.close()
+
+
+def _ended_error(leftover: trial_folder.Leftover) -> str:
+    status = (leftover.summary or {}).get("status")
+    return "" if status in ("finished", "diverged") else f"found ended with status {status}"
+
+
+def _error_text(exit_code: int, output: str) -> str:
+    """A configuration error's own ``error:`` line; otherwise the output's last lines."""
+    lines = output.strip().splitlines()
+    if exit_code == EXIT_USAGE:
+        errors = [line for line in lines if line.startswith("error:")]
+        if errors:
+            return errors[-1]
+    return " | ".join(lines[-5:])[-1000:]
 
 
 def stop_running_trials(grace_seconds: float = 10.0) -> None:
@@ -120,25 +190,6 @@ def stop_running_trials(grace_seconds: float = 10.0) -> None:
             process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
-
-
-def read_summary(out_dir: str) -> Optional[dict[str, Any]]:
-    """The trial's summary.json, or None if it never got that far."""
-    path = os.path.join(out_dir, "summary.json")
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as file:
-        summary: dict[str, Any] = json.load(file)
-    return summary
-
-
-def _log_tail(path: str, lines: int = 5) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as file:
-            tail = file.read().strip().splitlines()[-lines:]
-    except OSError:
-        return ""
-    return " | ".join(tail)[-1000:]
 
 
 class LocalExecutor:

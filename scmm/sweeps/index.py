@@ -1,8 +1,13 @@
 """``sweep.jsonl``: one line per trial with its latest state, rewritten atomically.
 
-States: ``running`` (started; a sweep killed with SIGKILL leaves these behind), ``finished``,
-``diverged`` (a result: the run's loss became non-finite), ``failed`` (crashed; retried up to
-the retry limit) and ``interrupted`` (stopped by Ctrl-C; re-run without counting as a failure).
+States: ``pending`` (never submitted), ``running`` (submitted; a driver killed with SIGKILL
+leaves these behind, and the re-run finds out from the trial's folder what became of them),
+``finished``, ``diverged`` (a result: the run's loss became non-finite), ``interrupted``
+(stopped by a signal or by the sweep stopping; resumed with ``--resume``, never a failure),
+``failed`` (crashed, exit 1: ``crashes`` counts these against ``--retries``) and ``invalid``
+(the trial exited 2, a configuration error: never retried, its configuration stops).
+``attempts`` counts the processes launched for the trial (resumes included); only ``crashes``
+uses up retries, so a trial that was queued, interrupted or adopted costs none.
 The file is replaced through a temporary file and a rename, so a kill at any moment leaves
 either the old or the new index, never a torn one.
 """
@@ -19,7 +24,7 @@ DONE_STATES = ("finished", "diverged")
 
 
 @dataclasses.dataclass
-class TrialRecord:
+class TrialRecord:  # pylint: disable=too-many-instance-attributes  # a row of sweep.jsonl
     """What the sweep knows of one trial."""
 
     trial: str
@@ -32,6 +37,10 @@ class TrialRecord:
     out_dir: str
     state: str = "pending"
     attempts: int = 0
+    crashes: int = 0
+    """Exits with code 1 (or an unexpected signal); what ``--retries`` limits."""
+    step: Optional[int] = None
+    """The step the trial's summary reports (its training length when it finished)."""
     valid_bpc: Optional[float] = None
     test_bpc: Optional[float] = None
     train_bpc: Optional[float] = None
@@ -98,6 +107,10 @@ _NUMERIC = ("valid_bpc", "test_bpc", "train_bpc", "tokens_per_second", "wall_sec
 
 
 def _from_json(data: dict[str, Any]) -> dict[str, Any]:
+    if "crashes" not in data:
+        # An index written before crashes were counted apart: its attempts of a failed trial
+        # were all crashes (interrupted and queued ones then counted too, which we cannot undo).
+        data = {**data, "crashes": data.get("attempts", 0) if data.get("state") == "failed" else 0}
     return {
         key: float(value) if key in _NUMERIC and isinstance(value, str) else value
         for key, value in data.items()

@@ -1,5 +1,6 @@
-"""Sweep results: ``results.csv`` (a row per trial), ``table.md`` (the paper-style pivot) and
-``lr_sweep.png`` (validation BPC against log2 learning rate, a panel per model).
+"""Sweep results: ``results.csv`` (a row per trial), ``table.md`` (the paper-style pivot),
+``lr_sweep.png`` (validation BPC against log2 learning rate, a panel per table row with its
+variants as lines) and ``loss_curves.png`` (training BPC against step at each best LR).
 
 A configuration's cell is the median test BPC over repeats at the learning rate whose median
 validation BPC is best. The 95% confidence interval is the paper's: 2 * mean(std) / sqrt(n)
@@ -27,6 +28,8 @@ CSV_COLUMNS = (
     "seed",
     "state",
     "attempts",
+    "crashes",
+    "step",
     "valid_bpc",
     "test_bpc",
     "train_bpc",
@@ -219,29 +222,40 @@ def _ordered(keys: Any) -> list[tuple[str, ...]]:
     return seen
 
 
-def plot_lr_sweep(path: str, records: Sequence[TrialRecord], panel_axis: Optional[str]) -> None:
-    """Validation BPC against log2 LR: a line per configuration (median), dots per repeat."""
+def _pyplot() -> Any:
     import matplotlib  # pylint: disable=import-outside-toplevel
 
     matplotlib.use("Agg")
     from matplotlib import pyplot  # pylint: disable=import-outside-toplevel
 
+    return pyplot
+
+
+def lr_sweep_figure(records: Sequence[TrialRecord], row_axes: Sequence[str]) -> Any:
+    """Validation BPC against log2 LR: one panel per table row (the ``row_axes`` labels), on
+    which every variant of that row (the other axes' labels) is its own labelled line (median
+    over repeats; dots per repeat, x for a diverged one), so a row's variants compare on one
+    shared axis."""
+    pyplot = _pyplot()
     results = summarise(records)
-    panels = _ordered((r.labels.get(panel_axis, ""),) for r in results) if panel_axis else [("",)]
-    figure, axes = pyplot.subplots(
-        1, len(panels), figsize=(5 * len(panels), 4), squeeze=False, sharey=False
+    panels = _ordered(tuple(r.labels.get(a, "") for a in row_axes) for r in results) or [()]
+    columns = min(3, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    figure, grid = pyplot.subplots(
+        rows, columns, figsize=(5.5 * columns, 4.2 * rows), squeeze=False
     )
     finite_values = [_value(r.valid_bpc) for r in records if r.done and _finite(r.valid_bpc)]
     ceiling = max(finite_values) + 0.1 if finite_values else 1.0
-    for axis, (panel,) in zip(axes[0], panels):
+    for number, panel in enumerate(panels):
+        axis = grid[number // columns][number % columns]
         for result in results:
-            if panel_axis and result.labels.get(panel_axis, "") != panel:
+            if tuple(result.labels.get(a, "") for a in row_axes) != panel:
                 continue
-            label = ", ".join(f"{v}" for a, v in result.labels.items() if a != panel_axis)
+            variant = ", ".join(v for a, v in result.labels.items() if a not in row_axes)
             points = sorted(result.scores)
             xs = [math.log2(result.learning_rates[k]) for k in points]
             ys = [min(result.scores[k], ceiling) for k in points]
-            (line,) = axis.plot(xs, ys, marker="o", label=label or result.config)
+            (line,) = axis.plot(xs, ys, marker="o", label=variant or result.config)
             for record in records:
                 if record.config == result.config and record.done:
                     value = _value(record.valid_bpc)
@@ -252,30 +266,41 @@ def plot_lr_sweep(path: str, records: Sequence[TrialRecord], panel_axis: Optiona
                         marker="x" if not math.isfinite(value) else ".",
                         alpha=0.5,
                     )
-        axis.set_title(f"{panel_axis}={panel}" if panel_axis else "learning-rate sweep")
+        title = ", ".join(f"{a}={v}" for a, v in zip(row_axes, panel))
+        axis.set_title(title or "learning-rate sweep")
         axis.set_xlabel("log2 learning rate")
         axis.set_ylabel("validation BPC (x: diverged, drawn at the top)")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=6)
-    _save(figure, path)
+        axis.legend(fontsize=7)
+    for number in range(len(panels), rows * columns):
+        grid[number // columns][number % columns].set_visible(False)
+    return figure
+
+
+def plot_lr_sweep(path: str, records: Sequence[TrialRecord], row_axes: Sequence[str]) -> None:
+    """``lr_sweep_figure`` written to ``path``."""
+    _save(lr_sweep_figure(records, row_axes), path)
 
 
 def _finite(value: Optional[float]) -> bool:
     return value is not None and math.isfinite(value)
 
 
-def plot_loss_curves(
-    path: str, records: Sequence[TrialRecord], summary: Sequence[ConfigResult], title: str
-) -> None:
+# A curve of at most this many points also gets markers: a line through one point draws
+# nothing, and a short run's few records should be visible as points.
+_FEW_POINTS = 5
+
+
+def loss_curves_figure(
+    records: Sequence[TrialRecord], summary: Sequence[ConfigResult], title: str
+) -> Any:
     """Training BPC against step for every configuration at its best LR (``summary``, from
     ``summarise(records)``; median over repeats, read from each trial's ``log.jsonl``),
-    validation BPC as markers."""
-    import matplotlib  # pylint: disable=import-outside-toplevel
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot  # pylint: disable=import-outside-toplevel
-
+    validation BPC as larger dots. Never blank: short curves get markers, and a figure
+    without any record says so."""
+    pyplot = _pyplot()
     figure, axis = pyplot.subplots(figsize=(8, 5))
+    drawn = False
     for result in summary:
         if result.best is None:
             continue
@@ -287,25 +312,40 @@ def plot_loss_curves(
                 target = {"train_step": curves, "eval_valid": valid}.get(entry.get("kind", ""))
                 if target is not None and _finite(entry.get("bpc")):
                     target.setdefault(int(entry["step"]), []).append(float(entry["bpc"]))
-        if not curves:
+        if not curves and not valid:
             continue
-        steps = sorted(curves)
+        drawn = True
         label = ", ".join(result.labels.values()) or result.config
-        (line,) = axis.plot(steps, [statistics.median(curves[s]) for s in steps], label=label)
+        steps = sorted(curves)
+        (line,) = axis.plot(
+            steps,
+            [statistics.median(curves[s]) for s in steps],
+            marker="." if len(steps) <= _FEW_POINTS else None,
+            label=label,
+        )
         for step in sorted(valid):
             axis.scatter(step, statistics.median(valid[step]), color=line.get_color(), marker="o")
+    if not drawn:
+        axis.text(0.5, 0.5, "no training records yet", ha="center", va="center")
     axis.set_xlabel("step")
     axis.set_ylabel("training BPC (median over repeats; dots: validation)")
     axis.set_title(f"{title}: each configuration at its best learning rate")
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=6)
-    _save(figure, path)
+    if drawn:
+        axis.legend(fontsize=6)
+    return figure
+
+
+def plot_loss_curves(
+    path: str, records: Sequence[TrialRecord], summary: Sequence[ConfigResult], title: str
+) -> None:
+    """``loss_curves_figure`` written to ``path``."""
+    _save(loss_curves_figure(records, summary, title), path)
 
 
 def _save(figure: Any, path: str) -> None:
     """Write ``figure`` as a PNG atomically and release it."""
-    from matplotlib import pyplot  # pylint: disable=import-outside-toplevel
-
+    pyplot = _pyplot()
     figure.tight_layout()
     with atomic_open(path, "wb") as file:
         figure.savefig(file, format="png", dpi=110)

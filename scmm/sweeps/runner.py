@@ -8,18 +8,26 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import signal
 import time
 from typing import Any, Optional, Protocol
 
-from ..exit_codes import EXIT_DIVERGED, EXIT_FAILED, EXIT_FINISHED, EXIT_INTERRUPTED, EXIT_OK
+from ..exit_codes import (
+    EXIT_DIVERGED,
+    EXIT_FAILED,
+    EXIT_FINISHED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+)
 from ..experiments.settings import SettingsError
+from ..folder_lock import FolderLock
 from ..io import atomic_open, write_json
 from . import results as results_module
 from .definition import Configuration, LrSearch, SweepDefinition
 from .executors import TrialOutcome, TrialSpec
 from .index import SweepIndex, TrialRecord
+from .trial_folder import move_aside
 from .search import learning_rate, next_point, point_score
 
 
@@ -40,7 +48,12 @@ class SweepOptions:
     out_dir: str
     threads: int = 1
     retries: int = 1
-    """Extra attempts for a crashed trial (diverged trials are results, never retried)."""
+    """Extra attempts for a crashed trial (exit 1). Diverged trials are results, configuration
+    errors (exit 2) are never retried, and interrupted, queued or adopted trials cost none."""
+
+
+# Exits of a trial that was stopped rather than broken: resumed, never counted as a crash.
+_STOPPED_EXITS = (EXIT_INTERRUPTED, -signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP)
 
 
 class Sweep:
@@ -60,6 +73,9 @@ class Sweep:
         self._check_same_sweep(extra or {})
         self.index = SweepIndex(os.path.join(options.out_dir, "sweep.jsonl"))
         self.failed_configs: set[str] = set()
+        """Configurations stopped because a trial kept crashing."""
+        self.invalid_configs: dict[str, str] = {}
+        """Configurations stopped by a configuration error (exit 2): config -> its error."""
 
     # -- identity ------------------------------------------------------------------------------
 
@@ -118,9 +134,8 @@ class Sweep:
         metadata["group"] = metadata.get("group") or self.definition.name
         labels = [f"{axis}={label}" for axis, label in config.labels.items()]
         metadata["tags"] = [*metadata.get("tags", []), self.definition.name, *labels]
-        if os.path.exists(record.out_dir):
-            # Left by a killed or crashed attempt: keep it for inspection, start afresh.
-            shutil.move(record.out_dir, f"{record.out_dir}.attempt{record.attempts}")
+        # The trial's folder is left alone: the worker adopts or resumes what it holds once no
+        # other process is in it (a trial of a killed driver may still be).
         settings_path = f"{record.out_dir}.settings.json"
         write_json(settings_path, settings)
         return TrialSpec(
@@ -135,7 +150,7 @@ class Sweep:
 
     def _config_state(self, config: Configuration) -> tuple[list[TrialRecord], bool]:
         """(trials to run now, finished?) for one configuration."""
-        if config.key in self.failed_configs:
+        if config.key in self.failed_configs or config.key in self.invalid_configs:
             return [], True
         repeats = self.definition.repeats
         scores: dict[int, float] = {}
@@ -150,7 +165,24 @@ class Sweep:
         return [], True
 
     def run(self, executor: Executor, progress: bool = True) -> int:
-        """Run until every configuration is done; returns the exit code."""
+        """Run until every configuration is done; returns the exit code.
+
+        Holds the sweep folder's lock throughout (a second driver on it is refused with
+        ``FolderBusyError``), and reads the index afresh under it.
+        """
+        lock = FolderLock(self.options.out_dir)
+        try:
+            lock.acquire()
+        except Exception:
+            executor.shutdown()
+            raise
+        try:
+            self.index = SweepIndex(self.index.path)
+            return self._run(executor, progress)
+        finally:
+            lock.release()
+
+    def _run(self, executor: Executor, progress: bool) -> int:
         running: dict[concurrent.futures.Future[TrialOutcome], TrialRecord] = {}
         previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
         start = time.perf_counter()
@@ -165,7 +197,7 @@ class Sweep:
                         if record.trial in busy or not self._may_run(record):
                             continue
                         spec = self._spec(config, record)
-                        record.state, record.attempts = "running", record.attempts + 1
+                        record.state = "running"
                         self.index.put(record)
                         running[executor.submit(spec)] = record
                         busy.add(record.trial)
@@ -182,6 +214,15 @@ class Sweep:
                             _progress_line(record, self.index, time.perf_counter() - start),
                             flush=True,
                         )
+                    if record.state == "invalid":
+                        # Shown whatever ``progress`` says: nothing else tells the user why
+                        # the configuration stopped.
+                        print(
+                            f"configuration error in {record.trial}: {record.error}"
+                            f" (its configuration {record.config} stops; see"
+                            f" {record.out_dir}.log)",
+                            flush=True,
+                        )
         except KeyboardInterrupt:
             executor.shutdown()
             stopped = [r for r in self.index if r.state == "running"]
@@ -195,12 +236,18 @@ class Sweep:
             signal.signal(signal.SIGTERM, previous_handler)
         executor.shutdown()
         self.write_results()
+        if self.invalid_configs:
+            return EXIT_USAGE
         failed = [r for r in self.index if r.state == "failed"]
         return EXIT_FAILED if failed else EXIT_OK
 
     def _may_run(self, record: TrialRecord) -> bool:
-        """False once a crashing trial used up its retries (its configuration then stops)."""
-        if record.state == "failed" and record.attempts > self.options.retries:
+        """False for a configuration error, and once a crashing trial used up its retries
+        (its configuration then stops)."""
+        if record.state == "invalid":
+            self.invalid_configs[record.config] = record.error
+            return False
+        if record.state == "failed" and record.crashes > self.options.retries:
             self.failed_configs.add(record.config)
             return False
         return True
@@ -211,25 +258,47 @@ class Sweep:
         try:
             outcome = future.result()
         except Exception as error:  # pylint: disable=broad-except
-            outcome = TrialOutcome(exit_code=-1, summary=None, wall_seconds=0.0, error=repr(error))
+            # The executor itself broke (e.g. a Ray worker died): a crash of the trial.
+            outcome = TrialOutcome(exit_code=EXIT_FAILED, summary=None, wall_seconds=0.0)
+            outcome.error = repr(error)
+        if outcome.exit_code is None:  # never started: as if it had never been submitted
+            record.state = "pending" if record.attempts == 0 else "interrupted"
+            self.index.put(record)
+            return
+        if outcome.launched:
+            record.attempts += 1
         summary = outcome.summary or {}
-        record.wall_seconds = outcome.wall_seconds
+        # An adopted run's time is its own record of it: this driver did not watch it run.
+        record.wall_seconds = (
+            outcome.wall_seconds if outcome.launched else summary.get("wall_seconds")
+        )
         # The run's own figure excludes the compile call; a one-call run only has last_train's.
         record.tokens_per_second = summary.get("tokens_per_second") or (
             summary.get("last_train") or {}
         ).get("tokens_per_second")
         record.train_bpc = summary.get("train_bpc")
         record.test_bpc = summary.get("test_bpc")
+        record.step = summary.get("step")
         record.error = outcome.error
-        if outcome.exit_code == EXIT_FINISHED and summary.get("status") == "finished":
+        code = outcome.exit_code
+        if code == EXIT_FINISHED and summary.get("status") == "finished":
             record.state = "finished"
             record.valid_bpc = summary.get("valid_bpc")
-        elif outcome.exit_code == EXIT_DIVERGED:
+        elif code == EXIT_DIVERGED:
             record.state = "diverged"
             record.valid_bpc = record.test_bpc = math.inf
+        elif code == EXIT_USAGE:
+            record.state = "invalid"
+            self.invalid_configs[record.config] = record.error
+        elif code in _STOPPED_EXITS:
+            record.state = "interrupted"  # resumed from its checkpoint by the next submission
         else:
+            # A crash. Its folder moves aside first, so that if the driver dies right after,
+            # the next attempt starts afresh rather than finding (and counting) it again.
+            move_aside(record.out_dir)
             record.state = "failed"
-            if record.attempts > self.options.retries:
+            record.crashes += 1
+            if record.crashes > self.options.retries:
                 self.failed_configs.add(record.config)
         self.index.put(record)
 
@@ -250,10 +319,10 @@ class Sweep:
         if self.failed_configs:
             table += "\nStopped after repeated crashes: " + ", ".join(sorted(self.failed_configs))
             table += "\n"
+        for config, error in sorted(self.invalid_configs.items()):
+            table += f"\nStopped by a configuration error: {config}: {error}\n"
         write_text(os.path.join(out, "table.md"), table)
-        results_module.plot_lr_sweep(
-            os.path.join(out, "lr_sweep.png"), records, rows[0] if rows else None
-        )
+        results_module.plot_lr_sweep(os.path.join(out, "lr_sweep.png"), records, rows)
         results_module.plot_loss_curves(
             os.path.join(out, "loss_curves.png"), records, summary, self.definition.name
         )
