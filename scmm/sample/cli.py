@@ -9,7 +9,7 @@ The text (prompt, then its continuation) goes to stdout, one sample after anothe
 import argparse
 import sys
 import zipfile
-from typing import Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
 import numpy as np
 
@@ -25,7 +25,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is our one ``error:`` line and exit 2 (without the usage
     block, so the message is the last line a script sees)."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise ValueError(message)
 
 
@@ -40,17 +40,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint", default="last", choices=CHECKPOINTS, help="which checkpoint (last)"
     )
     parser.add_argument(
-        "--prompt", default="", help="text to continue (default: none, start from nothing)"
+        "--prompt",
+        default="",
+        metavar="TEXT",
+        help="text to continue (default: none, start from nothing)",
     )
-    parser.add_argument("--length", type=int, default=200, help="characters to generate (200)")
     parser.add_argument(
-        "--temperature", type=float, default=1.0, help="logit divisor; 0 = greedy (1.0)"
+        "--length", type=int, metavar="N", default=200, help="characters to generate (200)"
     )
     parser.add_argument(
-        "--top-k", type=int, default=None, help="sample among the K likeliest (all)"
+        "--temperature",
+        type=float,
+        metavar="T",
+        default=1.0,
+        help="logit divisor; 0 = greedy (1.0)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    parser.add_argument("--samples", type=int, default=1, help="independent samples (1)")
+    parser.add_argument(
+        "--top-k", type=int, metavar="K", default=None, help="sample among the K likeliest (all)"
+    )
+    parser.add_argument("--seed", type=int, metavar="S", default=0, help="random seed (0)")
+    parser.add_argument(
+        "--samples", type=int, metavar="N", default=1, help="independent samples (1)"
+    )
     return parser
 
 
