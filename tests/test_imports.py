@@ -37,6 +37,7 @@ ABOVE_GROUND = (
     "scmm.sweeps",
     "scmm.analysis",
     "scmm.pedal",
+    "scmm.sample",
 )
 # What the model floors (op sets and unit-scaled ops, schemes, layers, models) must not reach.
 _RUNS = ("scmm.training", "scmm.experiments", "scmm.sweeps", "scmm.analysis")
@@ -59,7 +60,13 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "scmm.models": _RUNS,
     # The trainer depends on a model protocol, not on the model class or its layers.
     "scmm.training": ("scmm.models", "scmm.layers", "scmm.experiments", "scmm.sweeps"),
+    # Sampling reads experiments' run folders; a sweep is not its business.
+    "scmm.sample": ("scmm.sweeps",),
 }
+# Sampling is a tool on top (like a command line): nothing else in scmm imports it.
+for _owner in (*GROUND_FLOOR, *ABOVE_GROUND):
+    if _owner != "scmm.sample":
+        FORBIDDEN[_owner] = (*FORBIDDEN.get(_owner, ()), "scmm.sample")
 
 
 def covers(prefix: str, module: str) -> bool:
@@ -193,3 +200,16 @@ def test_prefixes_match_whole_names_only() -> None:
     assert not violations({"scmm.analysis_tools": {"scmm.experiments"}}, rules)
     assert not violations({"scmm.analysis": {"scmm.experimental"}}, rules)
     assert violations({"scmm.analysis": {"scmm.experiments"}}, rules)
+
+
+def test_sampling_is_imported_by_nothing_and_imports_no_sweep() -> None:
+    edges = {
+        "scmm.experiments.runner": {"scmm.sample.cli"},
+        "scmm.io": {"scmm.sample"},
+        "scmm.sample.cli": {"scmm.experiments.checkpoints", "scmm.sweeps.cli"},
+    }
+    assert violations(edges) == [
+        "scmm.experiments.runner -> scmm.sample.cli (rule: scmm.experiments !-> scmm.sample)",
+        "scmm.io -> scmm.sample (rule: scmm.io !-> scmm.sample)",
+        "scmm.sample.cli -> scmm.sweeps.cli (rule: scmm.sample !-> scmm.sweeps)",
+    ]

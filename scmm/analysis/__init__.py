@@ -2,9 +2,12 @@
 
 ``collect_scales`` (one batch -> ``ScaleRecord`` list), ``write_scales_json`` /
 ``load_scales_json`` (atomic JSON list) and ``plot_scales`` (PNG of log2 RMS per layer against
-the float16 / bfloat16 / FP8 ranges, drawn on an Agg canvas: no display or pyplot needed).
+the float16 / bfloat16 / FP8 ranges, drawn on an Agg canvas: no display or pyplot needed), and
+``plot_training_curves`` (a run's train/validation BPC and learning rate against step, from its
+``log.jsonl``).
 """
 
+from .curves import draw_training_curves, plot_training_curves, training_curves
 from .plots import plot_scales
 from .scales import (
     FORMATS,
@@ -29,12 +32,15 @@ __all__ = [
     "FormatRange",
     "ScaleRecord",
     "collect_scales",
+    "draw_training_curves",
     "format_fractions",
     "format_range",
     "layer_paths",
     "load_scales_json",
     "plot_scales",
+    "plot_training_curves",
     "select",
     "tensor_record",
+    "training_curves",
     "write_scales_json",
 ]
