@@ -424,7 +424,8 @@ def help_entries(text: str) -> list[HelpEntry]:
     for line in text.splitlines():
         if entry := HELP_ENTRY.match(line):
             indent = len(entry.group(1))
-            entries.append(HelpEntry(*entry.group(2, 3, 4), choice=choice))
+            flag, kind, default = entry.group(2, 3, 4)
+            entries.append(HelpEntry(flag, kind, default, choice))
         elif heading := HELP_CHOICE.match(line):
             choice, indent = heading.group(1), 10**6  # a heading ends the entry above it
         elif line and not line.startswith(" "):
@@ -434,7 +435,7 @@ def help_entries(text: str) -> list[HelpEntry]:
     return entries
 
 
-def settings_leaves(cls: type, path: tuple[str, ...] = ()) -> list[tuple[str, Optional[str]]]:
+def settings_leaves(cls: Any, path: tuple[str, ...] = ()) -> list[tuple[str, Optional[str]]]:
     """(dotted path, choice) of every field a command line can set, walked from the dataclasses
     (every choice's fields included; ``type`` for each choice node)."""
     leaves: list[tuple[str, Optional[str]]] = []
@@ -500,6 +501,7 @@ def test_help_defaults_are_what_a_run_with_the_preset_uses(
     preset: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     entries = help_entries(help_output(capsys, "--preset", preset))
+    assert len(entries) > 60
     resolved = to_dict(parse("--preset", preset))
     for entry in entries:
         *parents, name = entry.flag[2:].split(".")

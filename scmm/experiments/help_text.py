@@ -146,7 +146,7 @@ def settings_help(tree: dict[str, Any], preset: str) -> str:
         f"Defaults are those a run with --preset {preset} starts from (run_experiment.py"
         " --preset NAME --help shows another preset's)."
     )
-    _node(writer, ExperimentSettings, tree, (), 0, "top-level fields")
+    _node(writer, ExperimentSettings, tree, (), 0, "top level (--FIELD VALUE, no section):")
     return "\n".join(writer.lines)
 
 
@@ -203,12 +203,12 @@ def _choice(
         2,
     )
     for name, choice in choices.items():
-        own = values if name == chosen else _encoded_defaults(choice)
+        own = values if name == chosen else _choice_defaults(choice)
         empty = not any(f.init for f in dataclasses.fields(choice))
         title = f"[{name}] {class_doc(choice)}" + (" No fields." if empty else "")
         _node(writer, choice, own, path, 2, title)
 
 
-def _encoded_defaults(cls: type) -> dict[str, Any]:
+def _choice_defaults(cls: type) -> dict[str, Any]:
     """A choice's own defaults (what ``--PATH.type NAME`` resets the node to)."""
     return {f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls) if f.init}
