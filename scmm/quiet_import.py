@@ -15,7 +15,6 @@ through unchanged and at once.
 """
 
 import contextlib
-from contextlib import nullcontext
 import os
 import re
 import sys
@@ -53,7 +52,9 @@ def import_tensorflow_quietly() -> None:
     if "tensorflow" in sys.modules:
         return
     level = min_log_level()
-    quiet = filtered_stderr(lambda line: keeps(line, level)) if level > 0 else nullcontext()
+    quiet = (
+        filtered_stderr(lambda line: keeps(line, level)) if level > 0 else contextlib.nullcontext()
+    )
     with quiet:
         import tensorflow  # pylint: disable=import-outside-toplevel,unused-import
 
