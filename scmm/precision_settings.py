@@ -26,11 +26,14 @@ class PrecisionSettings:
     ROLES: ClassVar[tuple[str, ...]] = ("activations", "weights", "gradients", "weight_gradients")
 
     activations: str = "float32"
-    """Format of activation operands (including attention scores/probabilities and values)."""
+    """Format of activation operands (including attention scores/probabilities and values):
+    float32 (no rounding), bfloat16, float16, e4m3 or e5m2 (also spelt float8_e4m3fn,
+    float8_e5m2)."""
     weights: str = "float32"
-    """Format of weight operands."""
+    """Format of weight operands (formats as for activations)."""
     gradients: str = "float32"
-    """Format of the gradient arriving at each matmul output in the backward pass."""
+    """Format of the gradient arriving at each matmul output in the backward pass (formats as
+    for activations)."""
     weight_gradients: str = "float32"
     """Format of each weight gradient a matmul produces (dW = x^T g, before the optimiser).
     Real FP16 training computes it in float16, which is where a regular model's small weight
@@ -43,7 +46,7 @@ class PrecisionSettings:
     head: bool = False
     """Also simulate the output projection (kept in the compute dtype by default)."""
     subnormals: bool = True
-    """False: rounded values below the format's smallest normal become zero, as on hardware
+    """false: rounded values below the format's smallest normal become zero, as on hardware
     that flushes subnormals (float16: everything under 2^-14 instead of under 2^-24)."""
 
     @property

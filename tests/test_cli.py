@@ -1,11 +1,16 @@
 """Command line of run_experiment.py: presets, settings files, dotted overrides, validation and
 the one-line errors (exit code 2) that bad input gets before anything is computed."""
 
+import dataclasses
 import json
+import re
+import typing
 from pathlib import Path
+from typing import Any, Optional
 
 import pytest
 import yaml
+from draccus.utils import is_choice_type
 from experiment_helpers import write_grammar_folder
 
 from scmm.experiments import ExperimentSettings, SettingsError, cli, from_dict, main, overrides
@@ -391,6 +396,147 @@ def test_help_lists_every_settings_section(capsys: pytest.CaptureFixture[str]) -
     # draccus' per-section config-file flags are not options of this command line.
     assert "Config file for" not in out and "config_path" not in out
     assert main(["--help"]) == 0
+
+
+# --help: every field with its type, default (what a plain run uses) and help ----------------
+
+HELP_ENTRY = re.compile(r"^( *)(--[\w.]+) (.+?)  default: (.*)$")
+HELP_CHOICE = re.compile(r"^ +\[(\w+)\] ")
+POWER_OF_TWO = re.compile(r" \(2\^-?\d+\)$")
+
+
+@dataclasses.dataclass
+class HelpEntry:
+    """One ``--flag TYPE  default: VALUE`` block of the help and the help lines under it."""
+
+    flag: str
+    kind: str
+    default: str
+    choice: Optional[str]  # the [choice] heading it is listed under, if any
+    help: list[str] = dataclasses.field(default_factory=list)
+
+
+def help_entries(text: str) -> list[HelpEntry]:
+    """The settings entries of ``--help``, in order."""
+    entries: list[HelpEntry] = []
+    choice: Optional[str] = None
+    indent = 0
+    for line in text.splitlines():
+        if entry := HELP_ENTRY.match(line):
+            indent = len(entry.group(1))
+            flag, kind, default = entry.group(2, 3, 4)
+            entries.append(HelpEntry(flag, kind, default, choice))
+        elif heading := HELP_CHOICE.match(line):
+            choice, indent = heading.group(1), 10**6  # a heading ends the entry above it
+        elif line and not line.startswith(" "):
+            choice, indent = None, 10**6  # a section heading
+        elif entries and line.startswith(" " * (indent + 1)):
+            entries[-1].help.append(line.strip())
+    return entries
+
+
+def settings_leaves(cls: Any, path: tuple[str, ...] = ()) -> list[tuple[str, Optional[str]]]:
+    """(dotted path, choice) of every field a command line can set, walked from the dataclasses
+    (every choice's fields included; ``type`` for each choice node)."""
+    leaves: list[tuple[str, Optional[str]]] = []
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if not field.init or (not path and field.name == "preset"):  # --preset: a run option
+            continue
+        hint, here = hints[field.name], (*path, field.name)
+        if is_choice_type(hint):
+            leaves.append((".".join((*here, "type")), None))
+            for name, choice in hint.get_known_choices().items():
+                leaves.extend((leaf, name) for leaf, _ in settings_leaves(choice, here))
+        elif dataclasses.is_dataclass(hint):
+            leaves.extend(settings_leaves(hint, here))
+        else:
+            leaves.append((".".join(here), None))
+    return leaves
+
+
+def help_output(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    assert cli.parse([*argv, "--help"]) is None
+    return capsys.readouterr().out
+
+
+def test_help_gives_every_field_a_type_a_default_and_help(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    entries = help_entries(help_output(capsys))
+    listed = {(e.flag, e.choice) for e in entries}
+    leaves = settings_leaves(ExperimentSettings)
+    assert len(leaves) > 60  # the walk saw the whole tree
+    missing = [leaf for leaf in leaves if (f"--{leaf[0]}", leaf[1]) not in listed]
+    assert not missing, f"fields missing from --help: {missing}"
+    assert len(entries) == len(leaves), "an entry --help lists is not a settings field"
+    undocumented = [(e.flag, e.choice) for e in entries if not " ".join(e.help).strip()]
+    assert not undocumented, f"fields without help: {undocumented}"
+    for entry in entries:
+        assert entry.kind and entry.default and entry.default != "None", entry
+
+
+def test_help_shows_each_choice_nodes_default_and_choices(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    entries = {e.flag: e for e in help_entries(help_output(capsys)) if e.flag.endswith(".type")}
+    assert {flag: (e.kind, e.default) for flag, e in entries.items()} == {
+        "--model.sequence.type": ("{attention,conv,rnn}", "attention"),
+        "--model.token.type": ("{ffn,none}", "ffn"),
+        "--model.scaling.type": ("{regular,unit}", "regular"),
+        "--training.optimiser.type": ("{adamw,sgdm}", "adamw"),
+    }
+    # Another preset's choice is that preset's default.
+    paper_rnn = help_entries(help_output(capsys, "--preset", "paper-rnn"))
+    assert next(e for e in paper_rnn if e.flag == "--model.sequence.type").default == "rnn"
+
+
+def shown_value(entry: HelpEntry) -> Any:
+    """The default an entry shows, read back as a command-line value."""
+    return overrides.parse_value(POWER_OF_TWO.sub("", entry.default))
+
+
+@pytest.mark.parametrize("preset", ["default", "paper-conv"])
+def test_help_defaults_are_what_a_run_with_the_preset_uses(
+    preset: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    entries = help_entries(help_output(capsys, "--preset", preset))
+    assert len(entries) > 60
+    resolved = to_dict(parse("--preset", preset))
+    for entry in entries:
+        *parents, name = entry.flag[2:].split(".")
+        node: Any = resolved
+        for part in parents:
+            node = node[part]
+        if entry.choice is not None and entry.choice != node["type"]:
+            # Another choice's fields: switching to it resets the node to its own defaults.
+            node = to_dict(parse("--preset", preset, f"--{'.'.join(parents)}.type", entry.choice))
+            for part in parents:
+                node = node[part]
+        expected, shown = node[name], shown_value(entry)
+        if isinstance(expected, float):
+            shown = float(shown)
+        assert shown == expected, (entry.flag, entry.choice, entry.default, expected)
+
+
+def test_help_shows_the_default_presets_values_not_the_dataclasses(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    entries = {(e.flag, e.choice): e for e in help_entries(help_output(capsys))}
+    assert entries[("--training.steps", None)].default == "2000"  # the dataclass says 4096
+    assert entries[("--model.depth", None)].default == "4"  # the dataclass says 8
+    assert entries[("--model.residual.weighting", None)].default == "mean"
+    rates = [("--training.optimiser.learning_rate", c) for c in ("adamw", "sgdm")]
+    assert [entries[key].default for key in rates] == ["0.001953125 (2^-9)", "0.0009765625 (2^-10)"]
+    assert entries[("--data.path", None)].default == "null"
+
+
+def test_data_path_null_is_the_embedded_corpus() -> None:
+    # The paper presets name a WikiText-103 folder; null on the command line drops it.
+    settings = parse("--preset", "paper-attention", "--data.path", "null")
+    assert settings.data.path is None
+    settings.validate()  # no folder is looked for
+    assert parse("--data.path=null").data.path is None
 
 
 # Presets ------------------------------------------------------------------------------------

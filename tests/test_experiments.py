@@ -8,6 +8,7 @@ XLA compilation overlap; each test then waits for its own run.
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -334,6 +335,51 @@ def test_wandb_offline_run_is_written_in_the_run_folder(runs: RunPool) -> None:
     assert summary_items["status"] == "finished"
     assert summary_items["valid_bpc"] == pytest.approx(read_summary(out)["valid_bpc"])
     assert by_type["exit"][0].exit.exit_code == 0
+
+
+# Start-up quiet: TensorFlow's log lines and WandB deprecation warnings ------------------------
+
+# An absl log line (I0000 00:00:1796171823.029026 23143 port.cc:153] ...) or its banner.
+_TF_NOISE = re.compile(r"^[IWEF]\d{4} |absl::|oneDNN|\w+Warning: ")
+
+
+def test_a_run_prints_no_tensorflow_start_up_lines(runs: RunPool) -> None:
+    result, _ = runs.result("smoke")  # TF_CPP_MIN_LOG_LEVEL=2, as the entry points set it
+    assert result.returncode == 0, describe(result)
+    noise = [line for line in result.stderr.splitlines() if _TF_NOISE.search(line)]
+    assert not noise, result.stderr
+    assert "valid bpc" in result.stderr  # our own progress lines still get through
+
+
+_CHECK_LOGIN = "from scmm.experiments.trackers import wandb_logged_in; print(wandb_logged_in())"
+
+
+def test_wandb_credentials_check_is_silent_and_offline(tmp_path: Path, cache_dir: Path) -> None:
+    home = tmp_path / "home"
+    # An unreachable server: a check that went online would fail or hang, not pass.
+    env = wandb_env(cache_dir, home, WANDB_BASE_URL="http://127.0.0.1:9")
+    del env["WANDB_SILENT"]  # WandB's deprecation warnings are terminal output silent hides
+
+    def logged_in() -> "subprocess.CompletedProcess[str]":
+        return subprocess.run(
+            [sys.executable, "-c", _CHECK_LOGIN],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    result = logged_in()
+    assert (result.returncode, result.stdout, result.stderr) == (0, "False\n", ""), describe(result)
+    netrc = home / ".netrc"
+    netrc.write_text(
+        f"machine 127.0.0.1:9\n  login user\n  password {'a' * 40}\n", encoding="utf-8"
+    )
+    netrc.chmod(0o600)
+    result = logged_in()
+    assert (result.returncode, result.stdout, result.stderr) == (0, "True\n", ""), describe(result)
 
 
 # 8. WandB failure ---------------------------------------------------------------------------

@@ -9,8 +9,8 @@ class DataSettings:
     """Where the text comes from and how it is cut into sequences."""
 
     path: Optional[str] = None
-    """Folder with train.txt, valid.txt, test.txt (vocab.json optional).
-    None: the embedded corpus."""
+    """Folder with train.txt, valid.txt, test.txt (vocab.json optional). null (the default):
+    the embedded corpus (standard-library docstrings; nothing downloaded)."""
 
     sequence_length: int = 256
     """Characters per sequence (model context)."""
@@ -19,7 +19,7 @@ class DataSettings:
     """Leading positions of each sequence that are context only (targets masked out)."""
 
     cache_dir: Optional[str] = None
-    """Where id arrays are cached. None: $SCMM_CACHE or ~/.cache/scmm."""
+    """Where id arrays are cached. null: $SCMM_CACHE or ~/.cache/scmm."""
 
     def validate(self) -> None:
         """Raise ValueError naming the bad value (cheap checks; no file access)."""

@@ -6,6 +6,7 @@ from typing import Optional, Sequence
 
 from ..exit_codes import EXIT_BUSY, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
 from ..folder_lock import FolderBusyError, holder
+from ..quiet_import import import_tensorflow_quietly
 from .settings import ExperimentSettings, SettingsError, from_dict, to_dict
 
 __all__ = ["EXIT_USAGE", "ExperimentSettings", "SettingsError", "from_dict", "main", "to_dict"]
@@ -31,6 +32,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # Data problems (e.g. a character outside vocab.json) are found before TensorFlow
         # starts; the load is cached, so the experiment's own load below is instant.
         datasets.load_dataset(invocation.settings.data)
+        # TensorFlow loads here (the runner imports it): without its start-up log lines.
+        import_tensorflow_quietly()
         from .runner import Experiment
 
         out_dir = invocation.out or default_out_dir(

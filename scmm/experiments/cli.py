@@ -9,14 +9,13 @@ previous choice. The override dialect and the base tree are ``overrides``' (shar
 
 import argparse
 import dataclasses
-import io
 import json
 import os
+import textwrap
 from typing import Any, Optional, Sequence
 
-import draccus
-
 from . import presets
+from .help_text import settings_help
 from .overrides import (
     TOP_LEVEL_FIELDS,
     base_tree,
@@ -43,7 +42,8 @@ Train one character language model and write settings.json, log.jsonl, summary.j
 checkpoints to --out.
 
 Run options:
-  --preset NAME     start from a named preset (default: "default"): {presets}
+  --preset NAME     start from a named preset (default: "default"):
+{presets}
   --config FILE     YAML or JSON settings file (a partial tree), applied after the preset
   --out DIR         output folder (default: out/<time>-<preset>)
   --resume DIR      continue the run in DIR from its last checkpoint (its settings.json is
@@ -91,23 +91,21 @@ def split_arguments(argv: Sequence[str]) -> tuple[argparse.Namespace, list[tuple
     return options, pairs
 
 
-def settings_help() -> str:
-    """Every settings field with its type, default and documentation (from draccus)."""
-    parser = draccus.argparsing.ArgumentParser(ExperimentSettings)
-    text = io.StringIO()
-    parser.parser.print_help(text)
-    lines = text.getvalue().splitlines()
-    # Drop draccus' usage and "options:" blocks (per-section config-file flags we do not use).
-    start = next((i for i, line in enumerate(lines) if line.startswith("ExperimentSettings")), 0)
-    return "\n".join(lines[start:])
+def help_text(preset: str, settings_file: Optional[str] = None) -> str:
+    """The whole --help text; settings defaults are those of ``preset`` (and ``settings_file``)."""
+    names = textwrap.fill(
+        ", ".join(presets.PRESETS), 96, initial_indent=" " * 20, subsequent_indent=" " * 20
+    )
+    return HELP_HEADER.format(presets=names) + settings_help(
+        base_tree(preset, settings_file), preset
+    )
 
 
 def parse(argv: Sequence[str]) -> Optional[Invocation]:
     """Resolve the command line to settings; None when --help was printed."""
     options, pairs = split_arguments(argv)
     if options.help:
-        print(HELP_HEADER.format(presets=", ".join(presets.PRESETS)))
-        print(settings_help())
+        print(help_text(options.preset or DEFAULT_PRESET, options.config))
         return None
     if options.resume:
         return _parse_resume(options, pairs)

@@ -37,7 +37,7 @@ class OutputSettings:
     wandb_project: str = "scmm"
     """WandB project the run is logged to."""
     wandb_entity: Optional[str] = None
-    """WandB user or team. None: the logged-in default."""
+    """WandB user or team. null: the logged-in default."""
     progress: Literal["auto", "bar", "lines", "off"] = "auto"
     """auto: a live bar when stderr is a terminal, plain periodic lines otherwise."""
     progress_interval: float = 30.0
@@ -76,7 +76,8 @@ class ExperimentSettings:
     output: OutputSettings = dataclasses.field(default_factory=OutputSettings)
     metadata: MetadataSettings = dataclasses.field(default_factory=MetadataSettings)
     seed: Optional[int] = None
-    """Master seed; model init, data order and rounding seeds derive from it. None: drawn."""
+    """Master seed; model init, data order and rounding seeds derive from it. null: one is
+    drawn and recorded in settings.json."""
     preset: str = ""
     """Name of the preset this run started from (recorded; set by --preset)."""
 

@@ -181,13 +181,18 @@ def write_outcome(out_dir: str, tracker: Tracker, summary: dict[str, Any]) -> No
 
 
 def wandb_logged_in() -> bool:
-    """Whether WandB has credentials (environment or netrc), without touching the network."""
+    """Whether WandB has credentials (environment, netrc or its settings file), without
+    touching the network or the terminal."""
     if os.environ.get("WANDB_API_KEY"):
         return True
     try:
         import wandb
 
-        return bool(wandb.api.api_key)
+        # wandb.login(prompt=False) is WandB's own credentials check (``wandb.api.api_key``,
+        # used before, is deprecated and printed a warning on every auto run). verify=False
+        # keeps it off the network; a silent setup stops it looking up and printing the user.
+        wandb.setup(wandb.Settings(silent=True))
+        return bool(wandb.login(prompt=False, verify=False))
     except Exception:  # pylint: disable=broad-except
         return False
 

@@ -203,8 +203,11 @@ class ModelSettings:
     depth: int = 8
     """Layers, each a sequence-mixer block then (unless token=none) a token-mixer block."""
     residual: ResidualSettings = dataclasses.field(default_factory=ResidualSettings)
+    """How each mixer is wrapped: norm placement and branch weighting."""
     sequence: SequenceMixerSettings = dataclasses.field(default_factory=AttentionSettings)
+    """Sequence mixer (mixes across positions, causally): attention, conv or rnn."""
     token: TokenMixerSettings = dataclasses.field(default_factory=FFNSettings)
+    """Token mixer (each position on its own): ffn, or none for sequence mixers only."""
     scaling: ScalingSettings = dataclasses.field(default_factory=RegularScalingSettings)
     """Scaling scheme: regular (standard parametrisation) or unit (unit scaling)."""
     dtype: DType = "float32"
@@ -216,7 +219,7 @@ class ModelSettings:
     precision: PrecisionSettings = dataclasses.field(default_factory=PrecisionSettings)
     """Simulated low-precision (e.g. FP8) matmul inputs and gradients."""
     seed: Optional[int] = None
-    """Initialisation seed. None: derived from the experiment seed."""
+    """Initialisation seed. null: derived from the experiment seed."""
 
     def validate(self) -> None:
         """Raise ValueError naming the first impossible value (before any compute)."""

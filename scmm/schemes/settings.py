@@ -50,7 +50,7 @@ class UnitScalingSettings(ScalingSettings):
     calibrate: bool = True
     """Before step 0, measure every parameter's gradient RMS on one training batch and fix a
     per-parameter factor making it 1 (scmm.uscale.calibration). A cut edge: the model, its
-    activation gradients and Adam's updates are unchanged. False keeps the analytic rows^-1/2
+    activation gradients and Adam's updates are unchanged. false keeps the analytic rows^-1/2
     scales."""
 
     def build(self) -> "Scheme":

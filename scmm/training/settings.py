@@ -19,6 +19,8 @@ class OptimiserSettings(draccus.ChoiceRegistry):
     """Base of the optimiser choices (adamw | sgdm): fields shared by both."""
 
     learning_rate: float = 2**-10
+    """Peak learning rate, at step 0 (each parameter's multiplier from the scheme applies on
+    top: parameters.json lists the effective rates)."""
     learning_rate_decay: float = 0.0
     """Learning rate at step t is learning_rate * 2 ** (-t * learning_rate_decay)."""
     weight_decay: float = 0.0
@@ -116,6 +118,7 @@ class TrainingSettings:
     valid_interval: int = 2**10
     """Steps between validations (and checkpoints)."""
     optimiser: OptimiserSettings = dataclasses.field(default_factory=AdamWSettings)
+    """Optimiser: adamw or sgdm, each with its own fields."""
     loss_scale: float = 1.0
     """Loss scale: the loss is multiplied by it before backprop, gradients divided after
     (the initial scale when loss_scaling=dynamic)."""
