@@ -19,6 +19,7 @@ PACKAGE = "scmm"
 GROUND_FLOOR = (
     "scmm.io",
     "scmm.folder_lock",
+    "scmm.quiet_import",
     "scmm.formats",
     "scmm.exit_codes",
     "scmm.datasets",

@@ -7,6 +7,16 @@ the float16 / bfloat16 / FP8 ranges, drawn on an Agg canvas: no display or pyplo
 ``log.jsonl``).
 """
 
+import os
+
+from ..quiet_import import import_tensorflow_quietly
+
+# ``python -m scmm.analysis`` loads this package (and TensorFlow, through Keras) before its
+# ``__main__``: keep TensorFlow's start-up log lines out of the tool's output too.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import_tensorflow_quietly()
+
+# pylint: disable=wrong-import-position
 from .curves import draw_training_curves, plot_training_curves, training_curves
 from .plots import plot_scales
 from .scales import (

@@ -6,10 +6,13 @@ numbers a run produced.
 
 import dataclasses
 import math
+import os
+import sys
 from typing import Any, Mapping
 
 import numpy as np
 
+from ..analysis.curves import plot_training_curves
 from ..datasets import Dataset
 from ..exit_codes import EXIT_DIVERGED, EXIT_FAILED, EXIT_FINISHED, EXIT_INTERRUPTED
 from ..parameters import ParameterTable
@@ -159,3 +162,18 @@ def stats_record(
         "device": device,
         "seed": settings.seed,
     }
+
+
+def write_training_curves(out_dir: str, name: str = "") -> None:
+    """``training_curves.png`` beside ``summary.json``, from the run's ``log.jsonl``.
+
+    A figure must never change a run's status or exit code: a failure is one warning.
+    """
+    try:
+        plot_training_curves(
+            os.path.join(out_dir, "log.jsonl"),
+            os.path.join(out_dir, "training_curves.png"),
+            title=f"{name or os.path.basename(os.path.abspath(out_dir))}: training curves",
+        )
+    except Exception as error:  # pylint: disable=broad-except
+        print(f"warning: training_curves.png not written: {error}", file=sys.stderr)

@@ -38,6 +38,7 @@ from .reporting import (
     run_exit_code,
     stats_record,
     summary_record,
+    write_training_curves,
 )
 from .settings import ExperimentSettings, to_dict
 from .trackers import CompositeTracker, open_trackers, repair_log, write_outcome
@@ -274,6 +275,7 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
             summary["error"] = error
         assert self.tracker is not None
         write_outcome(self.out_dir, self.tracker, summary)
+        write_training_curves(self.out_dir, self.settings.metadata.name)
         return summary
 
     def _begin(self) -> int:
@@ -291,6 +293,7 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
             for note in repair_log(log_path, keep, start_step).notes():
                 self._notice(note)
         write_json(os.path.join(self.out_dir, "settings.json"), to_dict(self.settings))
+        self.dataset.vocab.save(os.path.join(self.out_dir, "vocab.json"))  # sampling needs it
         self.tracker = open_trackers(self.settings, self.out_dir, self.resume)
         print(header_line(self.settings, self.model.parameter_count(), self.dataset, self.out_dir))
         if self.resume:
