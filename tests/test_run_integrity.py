@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import pytest
-from experiment_helpers import write_grammar_folder
+from experiment_helpers import describe, finish_run, run_env, start_run, write_grammar_folder
 
 from scmm.exit_codes import EXIT_BUSY, EXIT_FINISHED, EXIT_INTERRUPTED, EXIT_USAGE
 from scmm.experiments import checkpoints, cli, main
@@ -340,3 +340,29 @@ def test_a_signal_checkpoints_the_current_step_and_the_resume_is_exact(
     assert _kinds(out, "interrupted") == [8]
     assert _resume(out) == EXIT_FINISHED
     _assert_matches_reference(out, reference)
+
+
+@pytest.mark.slow
+def test_two_processes_started_together_on_one_folder(reference: Reference, tmp_path: Path) -> None:
+    # The probe as a user meets it: two real runs with the same --out, different seeds.
+    out = tmp_path / "shared"
+    env = run_env(tmp_path / "cache")
+    args = [a for a in _args(reference.data, out) if a != "4"]  # drop the seed value
+    args.remove("--seed")
+    first = start_run([*args, "--seed", "7"], env)
+    second = start_run([*args, "--seed", "8"], env)
+    results = [finish_run(first), finish_run(second)]
+    codes = sorted(r.returncode for r in results)
+    assert codes in ([EXIT_FINISHED, EXIT_BUSY], [EXIT_FINISHED, EXIT_USAGE]), [
+        describe(r) for r in results
+    ]  # refused as busy while the other runs, or as "already holds a run" once it is done
+    winner = next(r for r in results if r.returncode == EXIT_FINISHED)
+    seed = 7 if winner is results[0] else 8
+    loser = next(r for r in results if r is not winner)
+    assert "in use by process" in loser.stderr or "already holds a run" in loser.stderr
+    # The folder is one run's, all of it.
+    assert json.loads((out / "settings.json").read_text())["seed"] == seed
+    assert json.loads((out / "checkpoints" / "settings.json").read_text())["seed"] == seed
+    assert checkpoints.load(str(out / "checkpoints" / "last.npz"))[2]["seed"] == seed
+    assert [r["kind"] for r in _records(out)].count("settings") == 1
+    assert _kinds(out, "train_step") == [8, 16, 24, 32]
