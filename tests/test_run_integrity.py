@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from experiment_helpers import describe, finish_run, run_env, start_run, write_grammar_folder
 
-from scmm.exit_codes import EXIT_BUSY, EXIT_FINISHED, EXIT_INTERRUPTED, EXIT_USAGE
+from scmm.exit_codes import EXIT_BUSY, EXIT_FAILED, EXIT_FINISHED, EXIT_INTERRUPTED, EXIT_USAGE
 from scmm.experiments import checkpoints, cli, main
 from scmm.experiments.hooks import Hook
 from scmm.experiments.runner import Experiment
@@ -250,7 +250,7 @@ def test_a_damaged_last_checkpoint_is_one_error_that_offers_best(
     folder = reference.folder_at(STEPS, tmp_path / "run")
     last = folder / "checkpoints" / "last.npz"
     damage(last)
-    assert _resume(folder) == EXIT_USAGE
+    assert _resume(folder) == EXIT_FAILED
     err = capsys.readouterr().err
     assert "Traceback" not in err
     (line,) = [l for l in err.splitlines() if l.startswith("error:")]
@@ -270,7 +270,7 @@ def test_a_checkpoint_for_other_settings_names_the_mismatch(
         tree = json.loads(path.read_text())
         tree["model"]["token"]["multiple"] = 3.0  # both copies agree; the arrays do not
         path.write_text(json.dumps(tree))
-    assert _resume(folder) == EXIT_USAGE
+    assert _resume(folder) == EXIT_FAILED
     (line,) = [l for l in capsys.readouterr().err.splitlines() if l.startswith("error:")]
     assert "does not fit the model" in line and "has shape" in line and "last.npz" in line
 

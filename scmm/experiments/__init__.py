@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 from ..exit_codes import EXIT_BUSY, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
 from ..folder_lock import FolderBusyError, holder
 from ..quiet_import import import_tensorflow_quietly
+from .checkpoints import CheckpointError
 from .settings import ExperimentSettings, SettingsError, from_dict, to_dict
 
 __all__ = ["EXIT_USAGE", "ExperimentSettings", "SettingsError", "from_dict", "main", "to_dict"]
@@ -48,6 +49,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except FolderBusyError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BUSY
+    except CheckpointError as error:
+        # Damaged or foreign state, not bad input: a failed run (a sweep retries it afresh).
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
     except (ValueError, OSError, KeyError) as error:
         # OSError: a missing file or folder, or too little disk space for the checkpoints.
         message = error.args[0] if isinstance(error, KeyError) and error.args else error

@@ -118,8 +118,8 @@ def load_point(
     except CheckpointError as error:
         offer = _offer_best(out_dir, model, optimiser) if source == "last" else ""
         raise CheckpointError(f"{error}{offer}") from None
-    if point.step > steps:
-        raise CheckpointError(
+    if point.step > steps:  # bad input, not bad state
+        raise ValueError(
             f"{path} is at step {point.step}, past training.steps={steps}; a run cannot go"
             f" back (expected --training.steps >= {point.step})"
         )

@@ -24,6 +24,7 @@ from ..io import write_json
 from ..parameters import ParameterTable
 from ..training import NonFiniteError
 from . import checkpoints, diagnostics, failures
+from .checkpoints import CheckpointError
 from .hooks import Hook, chunk_length, run_due
 from .interrupts import Interrupts, StopRequested
 from .progress import Progress
@@ -65,9 +66,8 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         self.lock = FolderLock(out_dir).acquire()
         try:
             self._set_up(settings, resume_from)
-        except ValueError as error:
-            if resume:  # a damaged or foreign checkpoint, or steps below it: say so in the folder
-                record_refusal(self.out_dir, str(error))
+        except CheckpointError as error:  # damaged or foreign: say so in the folder too
+            record_refusal(self.out_dir, str(error))
             self._release(remove_if_empty=created)
             raise
         except BaseException:
