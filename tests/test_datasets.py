@@ -404,7 +404,8 @@ def test_short_split_names_the_split_and_its_file(
         assert not list(cache_dir.glob("*/meta.json"))
 
 
-def test_one_character_evaluation_split_is_enough(tmp_path: Path, cache_dir: Path) -> None:
+@pytest.mark.usefixtures("cache_dir")
+def test_one_character_evaluation_split_is_enough(tmp_path: Path) -> None:
     """The true minimum of valid/test is 1 character: evaluation predicts it."""
     folder = write_folder(tmp_path / "data", {**TEXTS, "valid": "A"})
     data = load_dataset(DataSettings(path=str(folder)))
@@ -412,8 +413,9 @@ def test_one_character_evaluation_split_is_enough(tmp_path: Path, cache_dir: Pat
     assert int(batch["mask"].sum()) == 1
 
 
+@pytest.mark.usefixtures("cache_dir")
 def test_byte_order_mark_is_skipped_with_a_warning(
-    tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A leading UTF-8 BOM (in a split or vocab.json) is not text: it never becomes a
     vocabulary character; each file that has one is named once on stderr."""

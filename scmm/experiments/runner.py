@@ -75,6 +75,7 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
                 self.model.parameters,
                 weights=self.settings.model.weights,
                 seed=split_seed(self.settings.seed, "rounding"),
+                vocab_size=self.settings.model.vocab_size,
             )
         self.stream = datasets.TrainBatchStream(
             self.dataset.splits["train"],
