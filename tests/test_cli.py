@@ -17,6 +17,7 @@ from scmm.experiments import ExperimentSettings, SettingsError, cli, from_dict, 
 from scmm.experiments import presets, to_dict
 from scmm.models.settings import AttentionSettings, ConvSettings, RNNSettings
 from scmm.schemes import UnitScalingSettings
+from scmm.sweeps.definition import definition_from_dict, expand
 from scmm.training.settings import AdamWSettings, SGDMSettings
 
 
@@ -711,3 +712,82 @@ def test_main_resume_only_allows_steps_and_output(
     assert invocation.settings.output.wandb == "off"
     assert invocation.settings.seed == 3
     assert invocation.settings.model == from_dict(stored).model
+
+
+# Issue 13 item 7: the list of bad inputs, each one line and exit 2 before any compute --------
+
+
+@pytest.mark.usefixtures("cache_env")
+@pytest.mark.parametrize(
+    "argv,fragments",
+    [
+        (
+            ["--training.optimiser.learning_rate", "inf"],
+            ["training.optimiser.learning_rate", "inf"],
+        ),
+        (["--training.loss_scale", "inf"], ["training.loss_scale", "finite", "inf"]),
+        (["--training.loss_scale", ".inf"], ["training.loss_scale", "inf"]),
+        (["--training.loss_scale", "1e400"], ["training.loss_scale", "inf"]),
+        (["--training.optimiser.learning_rate", "nan"], ["learning_rate", "nan"]),
+        (["--model.sequence.max_period", "nan"], ["model.sequence.max_period", "nan"]),
+        (["--model.residual.alpha", "-inf"], ["model.residual.alpha", "-inf"]),
+        (["--training.optimiser.learning_rate", "0"], ["learning_rate must be > 0", "got 0"]),
+        (["--training.optimiser.weight_decay", "-0.1"], ["weight_decay must be >= 0"]),
+        (["--training.optimiser.beta2", "1"], ["beta2 must be in [0, 1)", "got 1"]),
+        (["--training.optimiser.epsilon", "0"], ["epsilon must be > 0"]),
+        (["--training.loss_scale", "0"], ["training.loss_scale must be > 0"]),
+        (["--training.divergence_loss", "1"], ["training.divergence_loss must be > 1"]),
+        (["--output.progress_interval", "-1"], ["output.progress_interval", "-1"]),
+    ],
+)
+def test_main_non_finite_and_meaningless_numbers_are_bad_input(
+    argv: list[str], fragments: list[str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """``inf`` and ``nan`` in any spelling, and numbers outside a field's meaning: one line
+    naming the field and the value, exit 2, nothing written."""
+    out = tmp_path / "run"
+    assert main(["--preset", "smoke", *argv, "--out", str(out), "--output.wandb", "off"]) == 2
+    assert_one_error_line(capsys, *fragments)
+    assert not out.exists()
+
+
+def test_divergence_limit_can_be_switched_off() -> None:
+    """null, not inf, turns the explosion limit off (inf is refused like everywhere)."""
+    assert parse("--training.divergence_loss", "null").training.divergence_loss is None
+    assert parse().training.divergence_loss == 10.0
+
+
+def test_settings_built_in_python_meet_the_same_finite_rule() -> None:
+    """validate() applies the decoder's finite rule to settings that were never decoded."""
+    settings = ExperimentSettings()
+    settings.model.sequence = AttentionSettings(max_period=float("inf"))
+    with pytest.raises(ValueError, match="`model.sequence.max_period`: must be a finite number"):
+        settings.validate()
+
+
+def test_sweep_values_go_through_the_finite_rule() -> None:
+    """A sweep's overrides and axis values are decoded by the same strict decoder."""
+    with pytest.raises(SettingsError, match=r"s.yaml: `overrides.training.loss_scale`: .*inf"):
+        definition_from_dict({"overrides": {"training.loss_scale": float("inf")}}, "s.yaml")
+    definition = definition_from_dict(
+        {"axes": {"lr": {"huge": {"training.optimiser.learning_rate": "inf"}}}}, "s.yaml"
+    )
+    with pytest.raises(SettingsError, match="configuration lr=huge: .*learning_rate.*finite"):
+        expand(definition)
+
+
+@pytest.mark.usefixtures("cache_env")
+@pytest.mark.parametrize("split", ["train", "valid", "test"])
+def test_main_short_split_is_bad_input_before_training(
+    split: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """An empty valid.txt used to train a whole validation interval and then fail; now it is
+    bad input naming the split and its file, and no run folder is made."""
+    data = tmp_path / "data"
+    write_grammar_folder(data, train_chars=3000, eval_chars=600)
+    (data / f"{split}.txt").write_text("", encoding="utf-8")
+    out = tmp_path / "run"
+    argv = ["--preset", "smoke", "--data.path", str(data), "--out", str(out)]
+    assert main([*argv, "--output.wandb", "off"]) == 2
+    assert_one_error_line(capsys, f"{split} split ({data / f'{split}.txt'}) has 0 characters")
+    assert not out.exists()

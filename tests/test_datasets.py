@@ -252,6 +252,11 @@ def test_embedded_load_uses_cache(cache_dir: Path) -> None:
     for split in ("train", "valid", "test"):
         assert len(second.splits[split]) > 0
         np.testing.assert_array_equal(second.splits[split], first.splits[split])
+    # Too short for the run: the error names the split of the embedded corpus (the cache
+    # holds every length, so the check runs on every load).
+    too_long = DataSettings(cache_dir=str(cache_dir), sequence_length=10**8, overlap_length=0)
+    with pytest.raises(DataError, match=r"^train split \(embedded stdlib-docstring corpus"):
+        load_dataset(too_long)
 
 
 # Batching ---------------------------------------------------------------------------------
@@ -366,3 +371,67 @@ def test_settings_validated(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="overlap_length"):
         load_dataset(DataSettings(overlap_length=300, cache_dir=str(tmp_path)))
     assert not os.listdir(tmp_path)
+
+
+# Bad data found when it loads ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "split,text,need",
+    [
+        ("valid", "", "need at least 1 "),
+        ("test", "", "need at least 1 "),
+        # 300 bytes but 100 characters: the exact count after encoding catches it.
+        ("train", "✓" * 100, "need at least 257 (data.sequence_length + 1"),
+        ("train", "x" * 256, "need at least 257 (data.sequence_length + 1"),
+    ],
+    ids=["empty-valid", "empty-test", "multibyte-train", "train-one-short"],
+)
+def test_short_split_names_the_split_and_its_file(
+    tmp_path: Path, cache_dir: Path, split: str, text: str, need: str
+) -> None:
+    """A split too short for the run is an error on load naming the split, its file, its length
+    and the minimum, however the cache stands (a second load hits the cache when the first
+    got as far as encoding)."""
+    folder = write_folder(tmp_path / "data", {**TEXTS, split: text})
+    for _ in range(2):
+        with pytest.raises(DataError) as info:
+            load_dataset(DataSettings(path=str(folder)))
+        message = str(info.value)
+        assert message.startswith(f"{split} split ({folder / f'{split}.txt'}) has {len(text)} ")
+        assert need in message
+    if text == "":  # found from the file size, before anything was encoded
+        assert not list(cache_dir.glob("*/meta.json"))
+
+
+@pytest.mark.usefixtures("cache_dir")
+def test_one_character_evaluation_split_is_enough(tmp_path: Path) -> None:
+    """The true minimum of valid/test is 1 character: evaluation predicts it."""
+    folder = write_folder(tmp_path / "data", {**TEXTS, "valid": "A"})
+    data = load_dataset(DataSettings(path=str(folder)))
+    (batch,) = eval_batches(data.splits["valid"], 4, 256, 32)
+    assert int(batch["mask"].sum()) == 1
+
+
+@pytest.mark.usefixtures("cache_dir")
+def test_byte_order_mark_is_skipped_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A leading UTF-8 BOM (in a split or vocab.json) is not text: it never becomes a
+    vocabulary character; each file that has one is named once on stderr."""
+    folder = write_folder(tmp_path / "data", TEXTS)
+    (folder / "train.txt").write_bytes(b"\xef\xbb\xbf" + TEXTS["train"].encode("utf-8"))
+    data = load_dataset(DataSettings(path=str(folder)))
+    assert "\ufeff" not in data.vocab.chars
+    assert data.vocab == Vocab.from_texts(TEXTS.values())
+    assert data.vocab.decode(data.splits["train"]) == TEXTS["train"]
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: ")
+    assert str(folder / "train.txt") in lines[0] and "byte-order mark" in lines[0]
+
+    vocab = sorted(set("".join(TEXTS.values())))
+    json_text = json.dumps({"chars": vocab})
+    (folder / "vocab.json").write_bytes(b"\xef\xbb\xbf" + json_text.encode("utf-8"))
+    given = load_dataset(DataSettings(path=str(folder)))
+    assert given.vocab.chars == tuple(vocab)
+    assert str(folder / "vocab.json") in capsys.readouterr().err

@@ -5,7 +5,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import keras
 import numpy as np
@@ -656,3 +656,54 @@ def test_mirrored_strategy_matches_single_device() -> None:
         assert run["steps"] == [3, 3], run  # one optimiser step per global step
         assert run["moved"] > 1e-2, run  # training did change the weights...
         assert run["max_diff"] < 1e-5, run  # ...exactly as on one device with the global batch
+
+
+def test_finite_loss_explosion_is_divergence() -> None:
+    """A float32 loss far above ln V is divergence although it is finite: a head bias of 1e12
+    on a class the batch never holds makes the loss ~1e12 (finite in float32), which used to
+    train on and finish. A healthy start (loss ~ ln V) stays far under the limit."""
+    batch = random_batch(1, 2, 8, np.random.default_rng(0), vocab_size=VOCAB - 1)
+
+    def trainer(vocab_size: Optional[int]) -> Trainer:
+        settings = TrainingSettings(optimiser=SGDMSettings(learning_rate=1e-6))
+        model = make_model("conv", seed=1, hidden_size=16, depth=1)
+        return Trainer(model, settings, make_execution(xla=False), vocab_size=vocab_size)
+
+    def explode(model: Any) -> None:
+        weights = model.get_weight_arrays()
+        bias = weights["head/bias"].copy()
+        bias[VOCAB - 1] = 1e12  # all probability on a character that never comes
+        model.set_weight_arrays({**weights, "head/bias": bias})
+
+    limited = trainer(vocab_size=VOCAB)
+    assert limited.loss_limit == pytest.approx(10 * math.log(VOCAB))  # the default, 10 x ln V
+    assert (limited.train(batch)["loss"] < 2 * math.log(VOCAB)).all()
+    explode(limited.model)
+    with pytest.raises(NonFiniteError, match="above the divergence limit 27.73") as info:
+        limited.train(batch)
+    assert info.value.step == 2 and info.value.tensor == "loss"
+    assert "10 x ln V, V = 16" in str(info.value)
+
+    unlimited = trainer(vocab_size=None)  # no vocabulary size: non-finite values only
+    explode(unlimited.model)
+    losses = unlimited.train(batch)["loss"]
+    assert np.isfinite(losses).all() and (losses > 1e11).all()
+
+
+@pytest.mark.parametrize(
+    "settings,fragment",
+    [
+        (TrainingSettings(loss_scale=math.inf), "training.loss_scale must be > 0 and finite"),
+        (TrainingSettings(loss_scale=math.nan), "training.loss_scale"),
+        (TrainingSettings(optimiser=AdamWSettings(learning_rate=math.inf)), "learning_rate"),
+        (TrainingSettings(optimiser=AdamWSettings(epsilon=0.0)), "epsilon must be > 0"),
+        (TrainingSettings(optimiser=SGDMSettings(momentum=math.nan)), "momentum"),
+        (TrainingSettings(divergence_loss=math.inf), "divergence_loss"),
+    ],
+)
+def test_training_settings_are_finite_and_in_range(
+    settings: TrainingSettings, fragment: str
+) -> None:
+    """inf/NaN fail the range checks of TrainingSettings built in Python (as the Trainer is)."""
+    with pytest.raises(ValueError, match=fragment):
+        settings.validate()

@@ -13,6 +13,7 @@ with ``DataSettings(path=OUT_DIR)``.
 """
 
 from .batching import Batch, TrainBatchStream, count_eval_batches, eval_batches
+from .checks import check_split_lengths, minimum_chars
 from .corpus import embedded_corpus
 from .loading import SPLITS, Dataset, load_dataset
 from .settings import DataSettings
@@ -27,8 +28,10 @@ __all__ = [
     "SPLITS",
     "TrainBatchStream",
     "Vocab",
+    "check_split_lengths",
     "count_eval_batches",
     "embedded_corpus",
     "eval_batches",
     "load_dataset",
+    "minimum_chars",
 ]

@@ -16,6 +16,11 @@ Python version for the embedded corpus). Editing a file therefore changes the ke
 re-encoded; stale entries are left for the user to delete. meta.json is written last and marks an
 entry as complete.
 
+A byte-order mark at the start of a file (vocab.json included) is skipped with a one-line
+warning naming the file, so it never becomes a vocabulary character. Every split must be long
+enough for the run (:mod:`scmm.datasets.checks`); a short one is a ``DataError`` naming the split
+and its file, found before a longer split is encoded.
+
 Large folders (WikiText-103: ~540M characters) are processed in chunks of
 :data:`~scmm.datasets.storage.DEFAULT_CHUNK_CHARS` characters: pass 1 counts characters and
 collects the code points seen (a boolean mask over all of Unicode); pass 2 encodes each chunk into
@@ -31,14 +36,17 @@ import numpy as np
 
 from ..io import atomic_memmap, atomic_save_npy, atomic_write_text
 from . import corpus
+from .checks import check_split_length, check_split_lengths, minimum_chars
 from .settings import DataSettings
 from .storage import (
     DEFAULT_CHUNK_CHARS,
+    UTF8_BOM,
     DataError,
     file_fingerprint,
     read_text_chunks,
     resolve_cache_dir,
     stable_hash,
+    warn_if_bom,
 )
 from .vocab import VOCAB_FILENAME, Vocab, text_codepoints
 
@@ -46,7 +54,8 @@ SPLITS = ("train", "valid", "test")
 SPLIT_FILES = {split: f"{split}.txt" for split in SPLITS}
 
 # Bump when the cache layout or encoding rules change, so old entries are not reused.
-CACHE_FORMAT_VERSION = 1
+# 2: a leading byte-order mark is skipped (version 1 encoded it as a character).
+CACHE_FORMAT_VERSION = 2
 
 _UNICODE_SIZE = 0x110000
 _META_FILENAME = "meta.json"
@@ -62,6 +71,8 @@ class Dataset:
     memmap)."""
     description: str
     """Where the text came from (the folder path, or the embedded corpus' description)."""
+    sources: dict[str, str]
+    """"train", "valid", "test" -> where that split's text came from (its file), for messages."""
     from_cache: bool = False
     """True when the id arrays were memory-mapped from an existing cache entry."""
 
@@ -153,8 +164,26 @@ def _check_folder(folder: Path) -> dict[str, Path]:
     return paths
 
 
-def _load_folder(folder: Path, cache_dir: Path, chunk_chars: int) -> Dataset:
+def _check_small_files(paths: dict[str, Path], settings: DataSettings) -> None:
+    """Fail on a too-short split before any file is encoded (an empty valid.txt beside the
+    540M characters of WikiText-103's train.txt is found in milliseconds, not minutes).
+
+    A UTF-8 character is at least one byte, so a file of at least ``need`` bytes past a
+    possible byte-order mark may be long enough; only smaller files are counted here (cheaply:
+    they are small). Files with multi-byte characters are checked exactly after loading.
+    """
+    for split, path in paths.items():
+        need, _ = minimum_chars(split, settings)
+        if path.stat().st_size < need + len(UTF8_BOM):
+            n_chars = sum(len(chunk) for chunk in read_text_chunks(path))
+            check_split_length(split, str(path), n_chars, settings)
+
+
+def _load_folder(
+    folder: Path, cache_dir: Path, chunk_chars: int, settings: DataSettings
+) -> Dataset:
     paths = _check_folder(folder)
+    sources = {split: str(path) for split, path in paths.items()}
     vocab_path = folder / VOCAB_FILENAME
     given_vocab = Vocab.load(vocab_path) if vocab_path.is_file() else None
     key = stable_hash(
@@ -168,8 +197,13 @@ def _load_folder(folder: Path, cache_dir: Path, chunk_chars: int) -> Dataset:
     entry = cache_dir / f"folder-{key[:24]}"
     cached = _read_cache(entry)
     if cached is not None:
-        return Dataset(cached[0], cached[1], str(folder), from_cache=True)
+        return Dataset(cached[0], cached[1], str(folder), sources, from_cache=True)
 
+    _check_small_files(paths, settings)
+    # Warned once, when the files are read; a cached load does not read them again.
+    for path in (*paths.values(), vocab_path):
+        if path.is_file():
+            warn_if_bom(path)
     counts: dict[str, int] = {}
     if given_vocab is None:
         seen: list[np.ndarray] = []
@@ -185,15 +219,16 @@ def _load_folder(folder: Path, cache_dir: Path, chunk_chars: int) -> Dataset:
         return int(np.load(npy_path, mmap_mode="r").shape[0])
 
     _write_cache(entry, vocab, encode)
-    return _finish(entry, str(folder))
+    return _finish(entry, str(folder), sources)
 
 
 def _load_embedded(cache_dir: Path) -> Dataset:
     entry = cache_dir / f"embedded-{stable_hash(corpus.corpus_fingerprint())[:24]}"
     description = corpus.corpus_description()
+    sources = {split: f"{description}, {split} files" for split in SPLITS}
     cached = _read_cache(entry)
     if cached is not None:
-        return Dataset(cached[0], cached[1], description, from_cache=True)
+        return Dataset(cached[0], cached[1], description, sources, from_cache=True)
     texts = corpus.embedded_corpus()
     vocab = Vocab.from_texts(texts.values())
 
@@ -202,21 +237,29 @@ def _load_embedded(cache_dir: Path) -> Dataset:
         return len(texts[split])
 
     _write_cache(entry, vocab, encode)
-    return _finish(entry, description)
+    return _finish(entry, description, sources)
 
 
-def _finish(entry: Path, description: str) -> Dataset:
+def _finish(entry: Path, description: str, sources: dict[str, str]) -> Dataset:
     # Reload through the cache so a fresh and a cached load return the same (memmap) arrays.
     cached = _read_cache(entry)
     if cached is None:
         raise DataError(f"cache entry {str(entry)!r} is unreadable right after writing it")
-    return Dataset(cached[0], cached[1], description, from_cache=False)
+    return Dataset(cached[0], cached[1], description, sources, from_cache=False)
 
 
 def load_dataset(settings: DataSettings, *, chunk_chars: int = DEFAULT_CHUNK_CHARS) -> Dataset:
-    """Load (and cache) the corpus `settings` names; see the module docstring."""
+    """Load (and cache) the corpus `settings` names; see the module docstring.
+
+    Raises DataError when a split is too short for `settings` (``scmm.datasets.checks``), also
+    for a cached corpus: the cache does not depend on the sequence length, the check does.
+    """
     settings.validate()
     cache_dir = resolve_cache_dir(settings.cache_dir)
     if settings.path is None:
-        return _load_embedded(cache_dir)
-    return _load_folder(Path(settings.path).expanduser(), cache_dir, chunk_chars)
+        dataset = _load_embedded(cache_dir)
+    else:
+        dataset = _load_folder(Path(settings.path).expanduser(), cache_dir, chunk_chars, settings)
+    lengths = {split: len(ids) for split, ids in dataset.splits.items()}
+    check_split_lengths(lengths, dataset.sources, settings)
+    return dataset

@@ -8,6 +8,7 @@ cache simply race to an identical result.
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -19,6 +20,10 @@ DEFAULT_CACHE_DIR = "~/.cache/scmm"
 # 2**24 characters is at most 64 MiB as a str and 64 MiB as UTF-32, so a chunk plus its
 # temporaries stays well under 0.5 GB while keeping per-chunk numpy overhead negligible.
 DEFAULT_CHUNK_CHARS = 1 << 24
+
+# What Windows editors put at the start of "UTF-8" files. It is an encoding signature, not
+# text: read_text_chunks skips it (utf-8-sig), so it never becomes a vocabulary character.
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class DataError(ValueError):
@@ -42,11 +47,12 @@ def read_text_chunks(path: PathLike, chunk_chars: int = DEFAULT_CHUNK_CHARS) -> 
 
     newline="" keeps line endings exactly as stored ("\\r\\n" stays two characters), so the ids
     describe the file itself. The incremental decoder handles multi-byte characters that span
-    read boundaries.
+    read boundaries. A byte-order mark at the very start is skipped (``utf-8-sig``); one
+    anywhere else is the character U+FEFF and kept.
     """
     if chunk_chars < 1:
         raise ValueError(f"chunk_chars must be >= 1, got {chunk_chars}")
-    with open(path, "r", encoding="utf-8", newline="") as file:
+    with open(path, "r", encoding="utf-8-sig", newline="") as file:
         while True:
             try:
                 chunk = file.read(chunk_chars)
@@ -55,6 +61,22 @@ def read_text_chunks(path: PathLike, chunk_chars: int = DEFAULT_CHUNK_CHARS) -> 
             if not chunk:
                 return
             yield chunk
+
+
+def starts_with_bom(path: PathLike) -> bool:
+    """Whether the file begins with the UTF-8 byte-order mark."""
+    with open(path, "rb") as file:
+        return file.read(len(UTF8_BOM)) == UTF8_BOM
+
+
+def warn_if_bom(path: PathLike) -> None:
+    """One line on stderr when `path` starts with a byte-order mark (which reading skips)."""
+    if starts_with_bom(path):
+        print(
+            f"warning: {str(path)!r} starts with a UTF-8 byte-order mark; it is skipped, not"
+            " read as a character",
+            file=sys.stderr,
+        )
 
 
 def file_fingerprint(path: Path) -> dict[str, Any]:

@@ -106,7 +106,8 @@ class Vocab:
         if not path.is_file():
             raise FileNotFoundError(f"vocab file {str(path)!r} does not exist")
         try:
-            data: Any = json.loads(path.read_text(encoding="utf-8"))
+            # utf-8-sig: a byte-order mark is the file's encoding signature, not JSON text.
+            data: Any = json.loads(path.read_text(encoding="utf-8-sig"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DataError(f"vocab file {str(path)!r} is not valid UTF-8 JSON: {exc}") from exc
         if isinstance(data, dict):

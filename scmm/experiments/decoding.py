@@ -8,7 +8,11 @@ expected:
   ``hidden_size``);
 - a boolean where a number is expected (draccus reads ``steps: true`` as 1 step);
 - ``null`` where the field is not Optional (draccus keeps None, which fails much later);
-- anything but a mapping where a dataclass is expected.
+- anything but a mapping where a dataclass is expected;
+- a non-finite number (``inf``, ``nan``, ``.inf``, ``1e400``) anywhere in the decoded tree: no
+  setting means anything by infinity (a learning rate or loss scale of inf passed the range
+  checks and trained on NaN), so none takes one; a setting that can be switched off takes
+  ``null`` instead.
 
 Every error is a one-line ``SettingsError`` naming the dotted path of the bad value and, when
 given, the file or preset it came from. The experiment settings tree and sweep definitions are both
@@ -16,6 +20,7 @@ decoded here, so a sweep file is held to the same rules as a settings file.
 """
 
 import dataclasses
+import math
 import typing
 from types import NoneType
 from typing import Any, Literal, TypeVar, Union
@@ -38,7 +43,10 @@ def decode(cls: type[T], data: Any, source: str = "") -> T:
     prefix = f"{source}: " if source else ""
     try:
         check_strictly(cls, data)
-        return draccus.decode(cls, data)
+        decoded = draccus.decode(cls, data)
+        # After decoding: draccus turns the text "inf" into a float, so only then is it a number.
+        check_finite(decoded)
+        return decoded
     except SettingsError as error:
         raise SettingsError(f"{prefix}{error}") from None
     except (draccus.utils.DecodingError, draccus.utils.ParsingError) as error:
@@ -74,6 +82,22 @@ def check_strictly(cls: Any, value: Any, path: tuple[str, ...] = ()) -> None:
         if len(args) == 2:
             for key, item in value.items():
                 check_strictly(args[1], item, (*path, str(key)))
+
+
+def check_finite(value: Any, path: tuple[str, ...] = ()) -> None:
+    """Raise SettingsError naming the first non-finite float in a settings object (dataclasses,
+    lists and dicts are walked; the ``Any`` trees of sweep definitions included)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SettingsError(f"{_where(path)}must be a finite number, got {value}")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field in dataclasses.fields(value):
+            check_finite(getattr(value, field.name), (*path, field.name))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_finite(item, (*path, str(key)))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            check_finite(item, (*path, str(index)))
 
 
 def _check_dataclass(cls: Any, value: Any, path: tuple[str, ...]) -> None:

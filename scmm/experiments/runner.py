@@ -5,8 +5,9 @@ Outputs in the run folder: ``settings.json`` (the full resolved tree), ``paramet
 (every parameter's path, shape, role, fan-in, multipliers and effective learning rate),
 ``log.jsonl`` (one record per line), ``summary.json`` (final metrics and status),
 ``checkpoints/{last,best}.npz`` and, unless ``output.wandb=off``, a ``wandb/`` folder. Exit
-codes: 0 finished, 1 failed, 2 bad input (nothing computed), 3 diverged (a non-finite loss or
-weight).
+codes (``scmm.exit_codes``): 0 finished, 1 failed, 2 bad input (nothing computed), 3 diverged
+(a non-finite loss or weight, or a loss above the divergence limit), 4 folder in use, 130
+interrupted (checkpoint written at the step it stopped).
 """
 
 import dataclasses

@@ -15,7 +15,7 @@ from ..datasets.settings import DataSettings
 from ..models.settings import ModelSettings
 from ..pedal.settings import ExecutionSettings
 from ..training.settings import TrainingSettings
-from .decoding import SettingsError, decode
+from .decoding import SettingsError, check_finite, decode
 
 __all__ = [
     "ExperimentSettings",
@@ -83,11 +83,18 @@ class ExperimentSettings:
 
     def validate(self) -> None:
         """Raise ValueError/FileNotFoundError naming the first bad value, before any compute."""
+        # Decoding rejects non-finite numbers already; settings built in Python meet it here.
+        check_finite(self)
         self.data.validate()
         self.model.validate()
         self.training.validate()
         if self.seed is not None and not 0 <= self.seed < 2**31:
             raise ValueError(f"seed must be in [0, 2^31), got {self.seed}")
+        if not self.output.progress_interval >= 0:
+            raise ValueError(
+                "output.progress_interval must be >= 0 seconds,"
+                f" got {self.output.progress_interval}"
+            )
         if self.output.train_eval_chars < self.data.sequence_length:
             raise ValueError(
                 f"output.train_eval_chars={self.output.train_eval_chars} must be >="

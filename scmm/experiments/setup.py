@@ -75,6 +75,7 @@ def build(settings: ExperimentSettings, out_dir: str, resume: bool, resume_from:
             model.parameters,
             weights=settings.model.weights,
             seed=split_seed(settings.seed, "rounding"),
+            vocab_size=settings.model.vocab_size,  # the loss-explosion limit is a multiple of ln V
         )
     stream = datasets.TrainBatchStream(
         dataset.splits["train"],

@@ -9,7 +9,9 @@ passed in, else the model's ``parameters`` table if it has one, else every multi
 ``Trainer.train(batch)`` runs ``k`` optimiser steps inside one compiled call, where the batch
 arrays are shaped (k, sequences, sequence_length): the CPU/GPU counterpart of the IPU's
 iterations-per-loop, which removes the per-step Python and dispatch overhead. Per-step
-metrics come back as arrays of length k and are checked for non-finite values on the host.
+metrics come back as arrays of length k and are checked on the host: a non-finite loss or
+weight is divergence, and so is a finite loss above ``training.divergence_loss`` x ln V when the
+vocabulary size V is given (a float32 run can explode to 1e13 and stay finite).
 """
 
 import math
@@ -53,13 +55,30 @@ ModelT = TypeVar("ModelT", bound=LanguageModel)
 
 
 class NonFiniteError(FloatingPointError):
-    """A loss or weight became NaN/inf; ``step`` (1-based) and ``tensor`` say where."""
+    """Training diverged: a loss or weight became NaN/inf, or the loss passed the divergence
+    limit; ``step`` (1-based) and ``tensor`` say where, ``metrics`` are the last good step's."""
 
-    def __init__(self, step: int, tensor: str, metrics: Optional[dict[str, float]] = None):
-        super().__init__(f"non-finite {tensor} at step {step}")
+    def __init__(
+        self,
+        step: int,
+        tensor: str,
+        metrics: Optional[dict[str, float]] = None,
+        message: Optional[str] = None,
+    ):
+        super().__init__(message or f"non-finite {tensor} at step {step}")
         self.step = step
         self.tensor = tensor
         self.metrics = metrics or {}
+
+
+def divergence_limit(settings: TrainingSettings, vocab_size: Optional[int]) -> Optional[float]:
+    """The training loss above which a run has diverged: ``divergence_loss`` x ln V, the
+    uniform-prediction loss. None (no limit) without a vocabulary size or a multiple."""
+    if vocab_size is None or settings.divergence_loss is None:
+        return None
+    if vocab_size < 1:
+        raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
+    return settings.divergence_loss * math.log(vocab_size)
 
 
 def bits_per_character(loss: float) -> float:
@@ -78,7 +97,10 @@ class Trainer(Generic[ModelT]):
         parameters: Optional[ParameterTable] = None,
         weights: WeightStorage = "master",
         seed: int = 0,
+        vocab_size: Optional[int] = None,
     ):
+        """`vocab_size` (the model's output classes) sets the divergence limit on the loss
+        (``divergence_limit``); without it only non-finite values are divergence."""
         settings.validate()
         self.model = model
         self.settings = settings
@@ -88,6 +110,8 @@ class Trainer(Generic[ModelT]):
             own = getattr(model, "parameters", None)
             parameters = own if isinstance(own, ParameterTable) else uniform_table(self.variables)
         self.parameters = parameters
+        self.vocab_size = vocab_size
+        self.loss_limit = divergence_limit(settings, vocab_size)
         with execution.scope():
             self.optimiser: Optimiser = settings.optimiser.build(
                 self.variables, parameters, weights=weights, seed=seed
@@ -182,8 +206,8 @@ class Trainer(Generic[ModelT]):
     def train(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run len(batch["tokens"]) steps; returns per-step metrics (numpy, length k).
 
-        Raises ``NonFiniteError`` naming the first step whose loss is non-finite, or the first
-        weight that is non-finite after the loop.
+        Raises ``NonFiniteError`` naming the first step whose loss is non-finite or above
+        ``loss_limit``, or the first weight that is non-finite after the loop.
         """
         first_step = self.step
         device_batch = self.execution.to_device(
@@ -196,11 +220,23 @@ class Trainer(Generic[ModelT]):
                 )
         results = {k: np.asarray(v) for k, v in self._train_loop(**device_batch).items()}
         finite_weights = results.pop("weights_finite")
-        bad = np.flatnonzero(~np.isfinite(results["loss"]))
+        losses = results["loss"]
+        exploded = ~np.isfinite(losses)
+        if self.loss_limit is not None:
+            exploded |= losses > self.loss_limit
+        bad = np.flatnonzero(exploded)
         if bad.size:
             index = int(bad[0])
+            step = first_step + index + 1
             last = {k: float(v[index - 1]) for k, v in results.items()} if index else {}
-            raise NonFiniteError(first_step + index + 1, "loss", last)
+            message = None
+            if np.isfinite(losses[index]):
+                message = (
+                    f"loss {float(losses[index]):.4g} at step {step} is above the divergence"
+                    f" limit {self.loss_limit:.4g} (training.divergence_loss"
+                    f" {self.settings.divergence_loss:g} x ln V, V = {self.vocab_size})"
+                )
+            raise NonFiniteError(step, "loss", last, message)
         if not finite_weights.all():
             name = self.variables[int(np.flatnonzero(~finite_weights)[0])].path
             raise NonFiniteError(first_step + len(results["loss"]), f"weight {name}")
