@@ -1,10 +1,9 @@
 """One experiment: wiring (settings -> data -> model and its scheme -> trainer -> trackers)
 plus a list of periodic hooks (``scmm.experiments.hooks``) run between compiled chunks.
 
-Outputs in the run folder: ``settings.json`` (the full resolved tree), ``parameters.json``
-(every parameter's path, shape, role, fan-in, multipliers and effective learning rate),
-``log.jsonl`` (one record per line), ``summary.json`` (final metrics and status),
-``checkpoints/{last,best}.npz`` and, unless ``output.wandb=off``, a ``wandb/`` folder. Exit
+Outputs in the run folder (README, "Outputs"): ``settings.json``, ``parameters.json``,
+``log.jsonl``, ``summary.json``, ``training_curves.png``, ``checkpoints/{last,best}.npz`` and,
+unless ``output.wandb=off``, a ``wandb/`` folder. Exit
 codes (``scmm.exit_codes``): 0 finished, 1 failed, 2 bad input (nothing computed), 3 diverged
 (a non-finite loss or weight, or a loss above the divergence limit), 4 folder in use, 130
 interrupted (checkpoint written at the step it stopped).
