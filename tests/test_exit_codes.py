@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from scmm import exit_codes
-from scmm.experiments import runner as experiment_runner
+from scmm.experiments import reporting as experiment_reporting
 from scmm.sweeps import cli as sweep_cli
 from scmm.sweeps import runner as sweep_runner
 
@@ -28,9 +28,11 @@ def test_codes_are_distinct_shell_exit_statuses() -> None:
 
 
 def test_every_module_uses_the_shared_definition() -> None:
-    # Same objects, not just equal values (the runner returns these three).
-    for name in ("EXIT_FINISHED", "EXIT_FAILED", "EXIT_DIVERGED"):
-        assert getattr(experiment_runner, name) is getattr(exit_codes, name), name
+    # Same objects, not just equal values (a run's status maps to these).
+    for name in ("EXIT_FINISHED", "EXIT_FAILED", "EXIT_DIVERGED", "EXIT_INTERRUPTED"):
+        assert getattr(experiment_reporting, name) is getattr(exit_codes, name), name
+    statuses = ("finished", "failed", "diverged", "interrupted")
+    assert [experiment_reporting.run_exit_code(s) for s in statuses] == [0, 1, 3, 130]
     assert sweep_cli.EXIT_USAGE is exit_codes.EXIT_USAGE
     assert sweep_runner.EXIT_INTERRUPTED is exit_codes.EXIT_INTERRUPTED
 
