@@ -184,6 +184,8 @@ def fixture_runs(
             "2",
             "--seed",
             "5",
+            "--training.divergence_loss",  # the non-finite rule (the explosion limit: test_training)
+            "null",
             "--output.wandb",
             "off",
         ],

@@ -75,4 +75,6 @@ def migrate_full(tree: dict[str, Any]) -> dict[str, Any]:
     scaling = new["model"].setdefault("scaling", {"type": "regular"})
     if scaling["type"] == "unit":
         scaling.setdefault("calibrate", True)
+    # Added after the golden file: the loss-explosion limit (changes no numbers of these runs).
+    new["training"].setdefault("divergence_loss", 10.0)
     return new

@@ -125,7 +125,7 @@ def test_extra_overrides_apply_to_every_configuration() -> None:
         ({"lr_search": {"start": -1.0}}, "lr_search.start"),
         ({"lr_search": {"begin": 1.0}}, r"`lr_search`: unknown key 'begin' .*max_points"),
         ({"lr_search": {"max_points": True}}, r"`lr_search.max_points`: .* boolean true"),
-        ({"lr_search": {"start": float("inf")}}, "lr_search.start must be finite"),
+        ({"lr_search": {"start": float("inf")}}, "lr_search.start`: must be a finite number"),
         ({"repeats": 0}, "repeats"),
         ({"repeats": True}, r"`repeats`: expected an integer, got the boolean true"),
         ({"repeats": 1.5}, "`repeats`"),

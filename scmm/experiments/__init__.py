@@ -25,11 +25,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if invocation is None:
             return 0
         invocation.settings.validate()
-        if invocation.out and not invocation.resume:
-            check_new_folder(invocation.out)  # again under the lock; here before TF starts
         busy = holder(invocation.out) if invocation.out else None
         if busy is not None:  # refused before TensorFlow starts (the Experiment locks for real)
             raise FolderBusyError(invocation.out or "", busy if busy > 0 else None)
+        if invocation.out and not invocation.resume:
+            check_new_folder(invocation.out)  # again under the lock; here before TF starts
         # Data problems (e.g. a character outside vocab.json) are found before TensorFlow
         # starts; the load is cached, so the experiment's own load below is instant.
         datasets.load_dataset(invocation.settings.data)
