@@ -152,6 +152,7 @@ def train_losses(out: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in records if r["kind"] == "train_step"}
 
 
+@pytest.mark.slow  # ~40 s: three subprocess runs; resume exactness is also in test_run_integrity
 @pytest.mark.usefixtures("cache_env")
 def test_runs_calibrate_store_factors_and_resume_exactly(tmp_path: Path) -> None:
     """A unit-scaled run calibrates before step 0 and checkpoints the factors. Resuming

@@ -495,6 +495,7 @@ def _wait_for_checkpoint(
     raise AssertionError(f"no checkpoint at step >= {min_step} within {timeout} s")
 
 
+@pytest.mark.slow  # ~30 s; the default suite resumes from kill states in test_run_integrity
 def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path: Path, cache_dir: Path) -> None:
     data = tmp_path / "data"
     # A larger validation split makes each validation take a while: room to kill mid-run.
