@@ -218,13 +218,11 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
 
     def _shown(self) -> dict[str, float]:
         """The last chunk's metrics a progress line shows."""
-        metrics = self.last_metrics
-        if not metrics:
-            return {}
+        names = {"loss": "loss", "bpc": "bpc", "tok/s": "tokens_per_second"}
         return {
-            "loss": metrics["loss"],
-            "bpc": metrics["bpc"],
-            "tok/s": metrics["tokens_per_second"],
+            shown: self.last_metrics[key]
+            for shown, key in names.items()
+            if key in self.last_metrics
         }
 
     def _show_progress(self, step: int) -> None:
@@ -350,7 +348,9 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
             step = self.trainer.step
             if "valid" not in self.results:
                 self._evaluate("valid", step)
+            self.interrupts.check()
             self._evaluate("train", step, limit=self.settings.output.train_eval_chars)
+            self.interrupts.check()
             self._evaluate("test", step)
         except NonFiniteError as error:
             status = "diverged"
