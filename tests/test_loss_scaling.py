@@ -57,6 +57,7 @@ def test_overflowing_steps_are_skipped_and_the_scale_recovers() -> None:
     assert all(np.isfinite(v).all() for v in weights.values())
 
 
+@pytest.mark.slow  # ~11 s; test_training's loss-scale test checks unchanged updates by default
 def test_static_scale_never_skips_and_matches_an_unscaled_run() -> None:
     plain = make_trainer(TrainingSettings(optimiser=AdamWSettings(learning_rate=2**-6)))
     scaled = make_trainer(

@@ -737,6 +737,7 @@ def check_smoke_outputs(out: str) -> None:
         assert os.path.getsize(os.path.join(out, name)) > 0
 
 
+@pytest.mark.slow  # ~55 s; by default test_sweep_recovery runs real drivers and trials
 def test_smoke_sweep_local_executor(tmp_path: pathlib.Path) -> None:
     out = str(tmp_path / "smoke")
     result = run_sweep("smoke", "--out", out, "--workers", "2")
