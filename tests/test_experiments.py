@@ -184,7 +184,7 @@ def fixture_runs(
             "2",
             "--seed",
             "5",
-            "--training.divergence_loss",  # the non-finite rule (the explosion limit: test_training)
+            "--training.divergence_loss",  # the non-finite rule (explosions: test_training)
             "null",
             "--output.wandb",
             "off",
