@@ -216,6 +216,20 @@ def test_a_kill_after_the_final_checkpoint_resumes_without_duplicate_records(
     assert _kinds(folder, "resume") == [STEPS]
 
 
+def test_a_run_killed_before_its_first_checkpoint_starts_over_cleanly(
+    reference: Reference, tmp_path: Path
+) -> None:
+    folder = reference.folder_at(INTERVAL, tmp_path / "run")
+    shutil.rmtree(folder / "checkpoints")
+    lines = (folder / "log.jsonl").read_text().splitlines(keepends=True)
+    (folder / "log.jsonl").write_text("".join(lines[:3]))  # settings, stats, step 8
+    assert _resume(folder) == EXIT_FINISHED
+    _assert_matches_reference(folder, reference)
+    kinds = [r["kind"] for r in _records(folder)]
+    assert kinds == [r["kind"] for r in _records(reference.out)]  # one settings record, no resume
+    assert len((folder / "log.jsonl.dropped").read_text().splitlines()) == 4  # header + 3 lines
+
+
 def test_steps_below_the_checkpoint_are_refused(
     reference: Reference, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -294,22 +294,15 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         self.dataset.vocab.save(os.path.join(self.out_dir, "vocab.json"))  # sampling needs it
         self.tracker = open_trackers(self.settings, self.out_dir, self.resume)
         print(header_line(self.settings, self.model.parameter_count(), self.dataset, self.out_dir))
-        if self.resume:
-            where = self.start.path if self.start is not None else "the start (no checkpoint)"
-            self._notice(f"resuming from step {start_step} ({where})")
+        if self.start is not None:
+            self._notice(f"resuming from step {start_step} ({self.start.path})")
             self._log("resume", start_step)
-        else:
+        else:  # a new run, or one killed before its first checkpoint: it starts over
+            if self.resume:
+                self._notice("no checkpoint yet: starting again from step 0")
             self._log("settings", 0, settings=to_dict(self.settings))
-            self._log(
-                "stats",
-                0,
-                **stats_record(
-                    self.model.parameter_count(),
-                    self.dataset,
-                    self.settings,
-                    self.execution.description,
-                ),
-            )
+            parameters, device = self.model.parameter_count(), self.execution.description
+            self._log("stats", 0, **stats_record(parameters, self.dataset, self.settings, device))
         return start_step
 
     def run(self) -> int:
