@@ -77,4 +77,5 @@ def migrate_full(tree: dict[str, Any]) -> dict[str, Any]:
         scaling.setdefault("calibrate", True)
     # Added after the golden file: the loss-explosion limit (changes no numbers of these runs).
     new["training"].setdefault("divergence_loss", 10.0)
+    new["training"].setdefault("weight_decay_mode", "coupled")  # coupled is today's rule
     return new

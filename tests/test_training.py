@@ -235,7 +235,7 @@ def test_sgdm_matches_numpy() -> None:
 def test_learning_rate_multipliers_come_from_the_table_by_path() -> None:
     """Per-variable learning-rate multipliers are applied to that variable only."""
     variables = _variables()
-    with pytest.raises(ValueError, match="no rows for.*vector"):
+    with pytest.raises(ValueError, match="without a role in the parameter table.*vector"):
         SGDM(SGDMSettings(), variables, _table(variables[:1]))
     # A multiplier of 0 freezes exactly that variable; the other moves. The table's rows are in
     # the other order: the optimiser finds each variable's row by path.

@@ -65,19 +65,33 @@ def chunk_metrics(results: Mapping[str, np.ndarray], elapsed: float) -> dict[str
 
 
 def parameters_record(
-    table: ParameterTable, optimiser: OptimiserSettings, scheme: str
+    table: ParameterTable,
+    optimiser: OptimiserSettings,
+    scheme: str,
+    weight_decay_mode: str = "coupled",
 ) -> dict[str, Any]:
-    """``parameters.json``: every row of the table with its effective learning rate and weight
-    decay (peak values; the schedule multiplies every rate alike)."""
-    rows = [
-        {
-            **row.to_dict(),
-            "learning_rate": optimiser.learning_rate * row.learning_rate_multiplier,
-            "weight_decay": optimiser.weight_decay * row.weight_decay_multiplier,
-        }
-        for row in table
-    ]
-    return {"scheme": scheme, "depth": table.depth, "parameters": rows}
+    """``parameters.json``: every row of the table with its effective learning rate, weight
+    decay coefficient and the fraction of the weight that decay removes per step (peak
+    values; the schedule multiplies every rate alike, and the decay too)."""
+    rows = []
+    for row in table:
+        rate = optimiser.learning_rate * row.learning_rate_multiplier
+        decay = optimiser.weight_decay * row.weight_decay_multiplier
+        per_step = decay if weight_decay_mode == "independent" else rate * decay
+        rows.append(
+            {
+                **row.to_dict(),
+                "learning_rate": rate,
+                "weight_decay": decay,
+                "decay_per_step": per_step,
+            }
+        )
+    return {
+        "scheme": scheme,
+        "depth": table.depth,
+        "weight_decay_mode": weight_decay_mode,
+        "parameters": rows,
+    }
 
 
 def print_summary(summary: dict[str, Any]) -> None:

@@ -153,8 +153,9 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         return point.step
 
     def _write_parameters(self) -> None:
+        training = self.settings.training
         record = parameters_record(
-            self.parameters, self.settings.training.optimiser, self.model.scheme.name
+            self.parameters, training.optimiser, self.model.scheme.name, training.weight_decay_mode
         )
         write_json(os.path.join(self.out_dir, "parameters.json"), record)
 

@@ -22,6 +22,8 @@ from ..precision_settings import WeightStorage
 from .rounding import stochastic_round
 from .settings import AdamWSettings, OptimiserSettings, SGDMSettings
 
+WEIGHT_DECAY_MODES = ("coupled", "independent")
+
 
 class Optimiser:
     """Base: learning-rate schedule, slots, weight writing and distribution plumbing."""
@@ -35,14 +37,25 @@ class Optimiser:
         parameters: ParameterTable,
         weights: WeightStorage = "master",
         seed: int = 0,
+        weight_decay_mode: str = "coupled",
     ):
         settings.validate()
+        if weight_decay_mode not in WEIGHT_DECAY_MODES:
+            raise ValueError(
+                f"weight_decay_mode must be one of {', '.join(WEIGHT_DECAY_MODES)},"
+                f" got {weight_decay_mode!r}"
+            )
         self.settings = settings
         self.variables = list(variables)
         self.weights = weights
+        self.weight_decay_mode = weight_decay_mode
         unknown = [v.path for v in self.variables if v.path not in parameters]
         if unknown:
-            raise ValueError(f"the parameter table has no rows for {unknown[:5]}")
+            raise ValueError(
+                f"trainable variable(s) without a role in the parameter table: {unknown[:5]}"
+                " (every trainable weight must be created with a role, e.g. through"
+                " ScaledLayer.add_parameter, so the scheme can set its learning rate)"
+            )
         rows = [parameters[v.path] for v in self.variables]
         # Python floats: compile-time constants of the traced update.
         self.learning_rate_multipliers = [float(r.learning_rate_multiplier) for r in rows]
@@ -68,6 +81,11 @@ class Optimiser:
         if decay:
             rate = rate * tf.pow(2.0, -tf.cast(step, tf.float32) * decay)
         return rate
+
+    def _decay(self, decay: float, rate: tf.Tensor, weight: tf.Tensor) -> tf.Tensor:
+        """Independent weight decay's change: decay x s(t) x w, where s(t) is the schedule
+        factor rate(t) / peak (the peak and the parameter's rate multiplier cancel out)."""
+        return (decay * (rate / self.settings.learning_rate)) * weight
 
     def _prepare(self, step: tf.Tensor) -> None:
         """Per-step quantities shared by all variables (computed once, not per variable)."""
@@ -166,6 +184,11 @@ class AdamW(Optimiser):
     slot_names = ("m", "v")
     _corrections: tuple[tf.Tensor, tf.Tensor]
 
+    def _decay(self, decay: float, rate: tf.Tensor, weight: tf.Tensor) -> tf.Tensor:
+        """Independent weight decay's change: decay x s(t) x w, where s(t) is the schedule
+        factor rate(t) / peak (the peak and the parameter's rate multiplier cancel out)."""
+        return (decay * (rate / self.settings.learning_rate)) * weight
+
     def _prepare(self, step: tf.Tensor) -> None:
         assert isinstance(self.settings, AdamWSettings)
         t = tf.cast(step, tf.float32)
@@ -186,6 +209,10 @@ class AdamW(Optimiser):
         v_hat = v / self._corrections[1]
         scaled_rate = rate * self.learning_rate_multipliers[index]
         decay = s.weight_decay * self.weight_decay_multipliers[index]
+        if self.weight_decay_mode == "independent":
+            return -scaled_rate * (m_hat / (tf.sqrt(v_hat) + s.epsilon)) - self._decay(
+                decay, rate, weight
+            )
         return -scaled_rate * (m_hat / (tf.sqrt(v_hat) + s.epsilon) + decay * weight)
 
 
@@ -202,4 +229,6 @@ class SGDM(Optimiser):
         velocity.assign(self.settings.momentum * velocity + grad)
         scaled_rate = rate * self.learning_rate_multipliers[index]
         decay = self.settings.weight_decay * self.weight_decay_multipliers[index]
+        if self.weight_decay_mode == "independent":
+            return -scaled_rate * velocity - self._decay(decay, rate, weight)
         return -scaled_rate * (velocity + decay * weight)

@@ -56,9 +56,12 @@ class OptimiserSettings(draccus.ChoiceRegistry):
         parameters: "ParameterTable",
         weights: WeightStorage = "master",
         seed: int = 0,
+        weight_decay_mode: str = "coupled",
     ) -> "Optimiser":
         """The optimiser this choice describes, over ``variables`` (multipliers by path)."""
-        return self.optimiser_class()(self, variables, parameters, weights, seed)
+        return self.optimiser_class()(
+            self, variables, parameters, weights, seed, weight_decay_mode=weight_decay_mode
+        )
 
     def optimiser_class(self) -> type["Optimiser"]:
         """The optimiser class of this choice (imported on first use: TensorFlow loads)."""
@@ -146,6 +149,14 @@ class TrainingSettings:
     regular model at AdamW learning rate 0.3, 1.4 x unit-scaled, float32 and float16), while
     an exploding float32 run climbs to 1e13 and beyond, finite, and would otherwise finish.
     null: only non-finite losses and weights are divergence."""
+
+    weight_decay_mode: Literal["coupled", "independent"] = "coupled"
+    """coupled: each step decays w by learning_rate(t) x weight_decay (AdamW's decoupled
+    decay, so the decay moves with the peak learning rate); independent: by
+    weight_decay x s(t), s(t) = learning_rate(t) / learning_rate the schedule factor, so a
+    learning-rate sweep leaves the decay alone (u-mup's rule, after Wortsman et al. 2024).
+    Each parameter's weight-decay multiplier applies in both; its learning-rate multiplier
+    only in coupled."""
 
     def validate(self) -> None:
         """Raise ValueError naming the first impossible value."""

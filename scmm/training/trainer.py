@@ -114,7 +114,11 @@ class Trainer(Generic[ModelT]):
         self.loss_limit = divergence_limit(settings, vocab_size)
         with execution.scope():
             self.optimiser: Optimiser = settings.optimiser.build(
-                self.variables, parameters, weights=weights, seed=seed
+                self.variables,
+                parameters,
+                weights=weights,
+                seed=seed,
+                weight_decay_mode=settings.weight_decay_mode,
             )
             self.loss_scaler = LossScaler(settings)
         self._metric_names: Optional[tuple[str, ...]] = None
