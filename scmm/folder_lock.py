@@ -15,7 +15,7 @@ import errno
 import fcntl
 import os
 import time
-from typing import IO, Optional
+from typing import IO, Any, Optional
 
 LOCK_NAME = ".lock"
 
@@ -42,7 +42,8 @@ def _read_pid(file: IO[str]) -> Optional[int]:
         return None
 
 
-def _try_lock(file: IO[str]) -> bool:
+def try_lock(file: IO[Any]) -> bool:
+    """Take an exclusive flock on an open file without waiting; False when another holds it."""
     try:
         fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as error:
@@ -72,7 +73,7 @@ class FolderLock:
         os.makedirs(self.folder, exist_ok=True)
         # "a+" creates without truncating: a holder's pid stays readable while we probe.
         file = open(self.path, "a+", encoding="utf-8")  # pylint: disable=consider-using-with
-        if not _try_lock(file):
+        if not try_lock(file):
             pid = _read_pid(file)
             file.close()
             raise FolderBusyError(self.folder, pid)
@@ -105,7 +106,7 @@ def holder(folder: str) -> Optional[int]:
     if not os.path.exists(path):
         return None
     with open(path, "a+", encoding="utf-8") as file:
-        if _try_lock(file):
+        if try_lock(file):
             return None  # closing the file releases the probe's lock
         pid = _read_pid(file)
         return pid if pid is not None else -1

@@ -88,11 +88,9 @@ class Checkpointer:
         return state
 
     def tidy_for_resume(self, point: ResumePoint, notice: Callable[[str], None]) -> None:
-        """Under the folder's lock, before the resumed run writes: drop temporaries of
-        interrupted writes, make last.npz a copy of best.npz for ``--from best`` (keeping the
-        old one aside), and bring a stale best.npz up to date."""
-        for path in checkpoints.remove_temporaries(self.out_dir):
-            notice(f"removed {path} (left by an interrupted write)")
+        """Under the folder's lock, before the resumed run writes: make last.npz a copy of
+        best.npz for ``--from best`` (keeping the old one aside), and bring a stale best.npz
+        up to date."""
         last = checkpoints.path_of(self.out_dir, "last")
         if os.path.basename(point.path) == "best.npz":
             if os.path.exists(last):

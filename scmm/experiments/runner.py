@@ -282,12 +282,11 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         start_step = 0
         log_path = os.path.join(self.out_dir, "log.jsonl")
         if self.resume:
+            for path in checkpoints.remove_temporaries(self.out_dir):  # we hold the lock
+                self._notice(f"removed {path} (left by an interrupted write)")
             if self.start is not None:
                 self.checkpointer.tidy_for_resume(self.start, self._notice)
                 start_step = self._restore(self.start)
-            else:
-                for path in checkpoints.remove_temporaries(self.out_dir):
-                    self._notice(f"removed {path} (left by an interrupted write)")
             keep = self.start.state.get("log_lines") if self.start is not None else 0
             for note in repair_log(log_path, keep, start_step).notes():
                 self._notice(note)

@@ -19,8 +19,6 @@ So one process at a time writes a folder and its log, and every attempt is accou
 """
 
 import dataclasses
-import errno
-import fcntl
 import json
 import os
 import threading
@@ -28,7 +26,7 @@ import time
 from typing import IO, Any, Optional
 
 from ..exit_codes import EXIT_DIVERGED, EXIT_FAILED, EXIT_FINISHED
-from ..folder_lock import holder
+from ..folder_lock import holder, try_lock
 
 POLL_SECONDS = 0.5
 
@@ -83,16 +81,6 @@ def move_aside(out_dir: str) -> Optional[str]:
     return target
 
 
-def _try_flock(file: IO[bytes]) -> bool:
-    try:
-        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as error:
-        if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return False
-        raise
-    return True
-
-
 class TrialLog:
     """The trial's ``.log``, opened for appending and held exclusively while open."""
 
@@ -132,7 +120,7 @@ def log_in_use(path: str) -> bool:
     if not os.path.exists(path):
         return False
     with open(path, "ab") as file:
-        return not _try_flock(file)  # closing the file drops the probe's lock
+        return not try_lock(file)  # closing the file drops the probe's lock
 
 
 def claim(log_path: str, out_dir: str, stopping: threading.Event) -> Optional[TrialLog]:
@@ -144,7 +132,7 @@ def claim(log_path: str, out_dir: str, stopping: threading.Event) -> Optional[Tr
     told = False
     while not stopping.is_set():
         file = open(log_path, "ab")  # pylint: disable=consider-using-with
-        busy_pid = None if _try_flock(file) else -1
+        busy_pid = None if try_lock(file) else -1
         if busy_pid is None:
             busy_pid = holder(out_dir)
         if busy_pid is None:
