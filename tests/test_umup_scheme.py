@@ -94,7 +94,7 @@ def test_umup_defaults_have_no_biases_or_norm_gains() -> None:
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"residual": ResidualSettings(weighting="mean")}, "weighting='mean' is not used by"),
+        ({"residual": ResidualSettings(weighting="fixed")}, "weighting='fixed' does not fit"),
         ({"residual": ResidualSettings(norm="post")}, "norm pre or none, got 'post'"),
         ({"scaling": UmupScalingSettings(ffn_act=2.0)}, "ffn_act=2.0 needs .* activation gelu"),
         ({"scaling": UmupScalingSettings(attn_softmax=0.0)}, "attn_softmax must be .* > 0, got 0"),

@@ -158,8 +158,10 @@ class UmupScheme(Scheme):
         self, weighting: str, alpha: float, branches: Sequence[BranchKind]
     ) -> list[Optional[float]]:
         """u-mup's rule over every branch (``umup_residual``); sequence mixers play the part of
-        attention, token mixers that of the FFN. ``weighting`` / ``alpha`` are not used (the
-        settings refuse anything but the default)."""
+        attention, token mixers that of the FFN. ``weighting`` / ``alpha`` are not used: at
+        residual_mult = ratio = 1 the rule is a running mean with the embedding counted as
+        half the branches, so "mean" (and the default) read as it, and the settings refuse
+        "fixed"."""
         from .umup_residual import residual_taus
 
         del weighting, alpha
