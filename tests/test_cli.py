@@ -484,7 +484,7 @@ def test_help_shows_each_choice_nodes_default_and_choices(
     assert {flag: (e.kind, e.default) for flag, e in entries.items()} == {
         "--model.sequence.type": ("{attention,conv,rnn}", "attention"),
         "--model.token.type": ("{ffn,none}", "ffn"),
-        "--model.scaling.type": ("{regular,unit}", "regular"),
+        "--model.scaling.type": ("{regular,unit,umup}", "regular"),
         "--training.optimiser.type": ("{adamw,sgdm}", "adamw"),
     }
     # Another preset's choice is that preset's default.
