@@ -337,6 +337,8 @@ def verdict_line(verdict: Verdict) -> str:
 
 # The figure ----------------------------------------------------------------------------------
 
+MARKERS = ("o", "s", "^", "D", "v")
+
 
 def _draw_panel(  # pylint: disable=too-many-arguments
     ax: Axes,
@@ -352,7 +354,15 @@ def _draw_panel(  # pylint: disable=too-many-arguments
         y = np.log2(values[:, step])  # (layers, widths); 0 -> -inf, not drawn
     for i, layer in enumerate(check.layers):
         bold = (layer, step) in flagged
-        ax.plot(x, y[i], marker="o", ms=3, lw=2.2 if bold else 1.0, color=colours[i], label=layer)
+        ax.plot(
+            x,
+            y[i],
+            marker=MARKERS[i % len(MARKERS)],  # neighbours in model order share a colour
+            ms=3,
+            lw=2.2 if bold else 1.0,
+            color=colours[i],
+            label=layer,
+        )
     ax.set_xticks(x, [str(w) for w in check.widths])
     ax.tick_params(labelbottom=True)  # shared x: every panel keeps its width labels
     ax.grid(True, alpha=0.3)

@@ -15,10 +15,12 @@ that model's training, and the remaining steps are recorded as they are (NaN, so
 flags them). Statistics are reduced on the device in float32; only scalars come to the host.
 """
 
+import contextlib
 import dataclasses
 import gc
+import logging
 import time
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -112,6 +114,20 @@ def measure_model(
     return RunMeasurement(width=width, seed=seed, layers=layers, rms=rms, change_rms=change)
 
 
+@contextlib.contextmanager
+def _no_retracing_warnings() -> Iterator[None]:
+    """TensorFlow warns when a function is traced again and again ("5 out of the last 13 calls
+    ... triggered tf.function retracing"); here each model has its own trainer, so each traces
+    once by design. Warnings are off for the measurement only (errors still show)."""
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def measure(
     plan: Plan,
     dataset: datasets.Dataset,
@@ -121,22 +137,23 @@ def measure(
     """Every (width, seed) of ``plan``, widths in ascending order; ``progress`` gets one line
     per model, ``times`` (if given) the wall seconds of each, keyed ``"<width>/<seed>"``."""
     batches = draw_batches(dataset, plan.settings)
-    runs = []
+    runs: list[RunMeasurement] = []
     total = len(plan.widths) * len(plan.model_seeds)
-    for width in plan.widths:
-        settings = plan.by_width[width]
-        if settings.model.vocab_size != dataset.vocab.size:
-            raise ValueError(
-                f"the plan's model.vocab_size={settings.model.vocab_size} is not the data's"
-                f" {dataset.vocab.size} (use Plan.with_vocab_size first)"
-            )
-        for seed in plan.model_seeds:
-            start = time.perf_counter()
-            runs.append(measure_model(settings, batches, plan.steps, width, seed))
-            elapsed = time.perf_counter() - start
-            if times is not None:
-                times[f"{width}/{seed}"] = elapsed
-            if progress is not None:
-                progress(f"[{len(runs)}/{total}] width {width} seed {seed}: {elapsed:.1f} s")
-            gc.collect()  # the last model's variables and traced steps go before the next
+    with _no_retracing_warnings():
+        for width in plan.widths:
+            settings = plan.by_width[width]
+            if settings.model.vocab_size != dataset.vocab.size:
+                raise ValueError(
+                    f"the plan's model.vocab_size={settings.model.vocab_size} is not the"
+                    f" data's {dataset.vocab.size} (use Plan.with_vocab_size first)"
+                )
+            for seed in plan.model_seeds:
+                start = time.perf_counter()
+                runs.append(measure_model(settings, batches, plan.steps, width, seed))
+                elapsed = time.perf_counter() - start
+                if times is not None:
+                    times[f"{width}/{seed}"] = elapsed
+                if progress is not None:
+                    progress(f"[{len(runs)}/{total}] width {width} seed {seed}: {elapsed:.1f} s")
+                gc.collect()  # this model's variables and traced steps go before the next
     return runs
