@@ -211,6 +211,12 @@ def test_bad_input_is_one_error_line_before_compute(
     assert not out.exists()
 
 
+def test_help_lists_the_options_and_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--widths" in text and "--from-step" in text and "--model.scaling.type" in text
+
+
 # The real check on tiny models ---------------------------------------------------------------
 
 
