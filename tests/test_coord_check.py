@@ -13,7 +13,9 @@ import pytest
 
 from scmm.analysis.coordinates import (
     FORMAT,
+    CoordinateCheck,
     RunMeasurement,
+    Verdict,
     fit_slope,
     judge,
     load_check_json,
@@ -219,49 +221,75 @@ def test_help_lists_the_options_and_every_setting(capsys: pytest.CaptureFixture[
 
 # The real check on tiny models ---------------------------------------------------------------
 
+# Both controls train the same tiny model at the same Adam learning rate (2^-1) and differ only
+# in the scheme. Widths from 64: at width 32 (head size 16) u-mup's attention output moved
+# with width by -0.23 for some seeds (a finite-width effect, gone from 64 up).
+TINY_CHECK = [
+    "--training.optimiser.learning_rate",
+    "0.5",
+    "--widths",
+    "64",
+    "128",
+    "256",
+    "--seeds",
+    "2",
+    "--steps",
+    "3",
+]
+
+
+def run_check(
+    scaling: str, out: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of the tiny check under ``scaling``, written to ``out``."""
+    status = cli.main([*TINY, *TINY_CHECK, "--model.scaling.type", scaling, "--out", str(out)])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
 
 def test_standard_parametrisation_with_large_adam_steps_is_flagged(
     tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # The negative control. Standard parametrisation, Adam at learning rate 2^-1: every update
-    # moves each readout weight by ~lr whatever the width, so the logits change like width^1,
-    # and the residual stream faster. Measured on this model, head slopes at steps 1, 2, 3:
-    # 1.26 0.92 0.95 (seed 0), 0.44 0.92 0.53 (seed 1); the mean of two seeds is steadier than
-    # one (at 2^-2 one seed's step 2 was 0.40).
+    # The negative control. Standard parametrisation: every Adam update moves each readout
+    # weight by ~lr whatever the width, so the logits change like width^1, and the residual
+    # stream faster. Measured here (model seeds 0 and 1), head slopes at steps 1, 2, 3:
+    # +1.49 +1.18 +1.43 (model seeds 2 and 3: +1.22 +1.28 +1.00); the residual stream's +2.4.
     out = tmp_path / "regular"
-    argv = [
-        *TINY,
-        "--model.scaling.type",
-        "regular",
-        "--training.optimiser.learning_rate",
-        "0.5",
-        "--widths",
-        "32",
-        "64",
-        "128",
-        "--seeds",
-        "2",
-        "--steps",
-        "3",
-        "--out",
-        str(out),
-    ]
-    assert cli.main(argv) == cli.EXIT_FLAGGED
-    captured = capsys.readouterr()
-    error = [line for line in captured.err.splitlines() if line.startswith("error:")]
-    assert len(error) == 1 and "FLAGGED" in error[0] and "head +" in error[0], captured.err
-    assert "head" in captured.out and "FLAGGED" in captured.out  # the slope table
+    status, stdout, stderr = run_check("regular", out, capsys)
+    assert status == cli.EXIT_FLAGGED
+    error = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "FLAGGED" in error[0] and "head +" in error[0], stderr
+    assert "head" in stdout and "FLAGGED" in stdout  # the slope table
     check, verdict, data = load_check_json(out / cli.JSON_NAME)
     slopes = dict(zip(check.layers, check.rms_slopes()))
     assert min(slopes["head"][2:]) >= 0.4, slopes["head"]
     assert {("head", 2), ("head", 3)} <= {(f.layer, f.step) for f in verdict.flagged}
     assert check.layers[0] == "embedding" and check.layers[-1] == "head"
-    assert check.widths == [32, 64, 128] and check.steps == 3 and check.seeds == 2
+    assert check.widths == [64, 128, 256] and check.steps == 3 and check.seeds == 2
     assert data["settings"]["model"]["scaling"]["type"] == "regular"
-    assert data["scaled"]["model.sequence.head_size"] == [16, 32, 64]  # smoke: 2 heads
+    assert data["scaled"]["model.sequence.head_size"] == [32, 64, 128]  # smoke: 2 heads
     assert (check.change_rms[:, 0] == 0).all() and (check.change_rms[:, 1:] > 0).all()
     assert (out / cli.PNG_NAME).read_bytes()[:4] == b"\x89PNG"
     assert sorted(os.listdir(out)) == [cli.JSON_NAME, cli.PNG_NAME]  # no temporaries left
+
+
+def test_umup_is_width_stable_at_the_same_learning_rate(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The positive control: u-mup, same model, same learning rate. Measured here: the largest
+    # |slope| at steps 1-3 is 0.07 (head, step 1; model seeds 2-7 in pairs: 0.08-0.12). At
+    # init the logits are mu-P's readout, fan_in^-1/2 (slope -0.50), not judged by default.
+    out = tmp_path / "umup"
+    status, stdout, _ = run_check("umup", out, capsys)
+    assert status == 0 and "pass" in stdout
+    check, verdict, _ = load_check_json(out / cli.JSON_NAME)
+    assert verdict.passed and not verdict.flagged
+    slopes = dict(zip(check.layers, check.rms_slopes()))
+    assert np.abs(check.rms_slopes()[:, 1:]).max() <= 0.15
+    assert slopes["head"][0] == pytest.approx(-0.5, abs=0.1)  # mu-P's readout at init
+    # Judged from init, the same record fails on exactly that readout.
+    from_init = judge(check, 0.15, from_step=0)
+    assert [(f.layer, f.step) for f in from_init.flagged] == [("head", 0)]
 
 
 def test_captured_outputs_are_the_forward_records_tensors() -> None:
@@ -281,3 +309,52 @@ def test_captured_outputs_are_the_forward_records_tensors() -> None:
     for (_, tensor), record in zip(captured, forward):
         assert float(tf.sqrt(tf.reduce_mean(tf.square(tensor)))) == pytest.approx(record.rms)
     assert float(outputs["loss"]) > 0 and "call" not in vars(model.head)  # unpatched after
+
+
+# The full-size check (the README's command) ----------------------------------------------------
+
+FULL_SIZE = [
+    "--preset",
+    "paper-attention",
+    "--data.path",
+    "null",
+    "--model.depth",
+    "2",
+    "--model.residual.weighting",
+    "plain",  # u-mup's own residual rule; pre-norm makes it the same model for regular
+    "--training.optimiser.learning_rate",
+    "0.5",
+    "--widths",
+    "64",
+    "128",
+    "256",
+    "512",
+    "--seeds",
+    "3",
+    "--steps",
+    "3",
+]
+
+
+def check_full_size(scaling: str, check: CoordinateCheck, verdict: Verdict) -> None:
+    """What the full-size check must show (measured on 2 CPU cores, ~5 min per scheme): regular
+    flagged with the logits at +1.19 +1.15 +1.12 (steps 1-3); u-mup passing, worst 0.10."""
+    slopes = dict(zip(check.layers, check.rms_slopes()))
+    assert check.widths == [64, 128, 256, 512] and check.seeds == 3 and check.steps == 3
+    if scaling == "regular":
+        assert not verdict.passed and min(slopes["head"][1:]) >= 0.8, slopes["head"]
+    else:
+        assert verdict.passed and np.abs(check.rms_slopes()[:, 1:]).max() <= 0.15
+
+
+@pytest.mark.slow  # ~5 min per scheme on 2 CPU cores
+@pytest.mark.parametrize("scaling", ["regular", "umup"])
+def test_full_size_attention_regular_is_flagged_and_umup_passes(
+    scaling: str, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / scaling
+    status = cli.main([*FULL_SIZE, "--model.scaling.type", scaling, "--out", str(out)])
+    capsys.readouterr()
+    assert status == (0 if scaling == "umup" else cli.EXIT_FLAGGED)
+    check, verdict, _ = load_check_json(out / cli.JSON_NAME)
+    check_full_size(scaling, check, verdict)

@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_FROM_STEP,
         metavar="T",
         help="first step the verdict checks (1: under u-muP the readout's logits at init are"
-        " deliberately fan_in^-1/2, slope -0.5; after one Adam update they are width-stable)",
+        " deliberately fan_in^-1/2, slope -0.5, until its Adam updates outgrow that init)",
     )
     parser.add_argument("--out", metavar="DIR", help="output folder (out/<time>-coord_check)")
     parser.add_argument("--preset", metavar="NAME", help=f"settings preset ({DEFAULT_PRESET})")
