@@ -321,7 +321,7 @@ FULL_SIZE = [
     "--model.depth",
     "2",
     "--model.residual.weighting",
-    "plain",  # u-mup's own residual rule; pre-norm makes it the same model for regular
+    "plain",  # u-mup reads it as its own rule; for regular, pre-norm makes it the same as mean
     "--training.optimiser.learning_rate",
     "0.5",
     "--widths",

@@ -1,8 +1,9 @@
 """The measurement: train each width's model for a few steps and record its sublayer outputs.
 
 For every width and model seed of a ``Plan``: build the ``CharLM`` exactly as a run would (its
-scheme, parameter table and the run's own optimiser through ``Trainer``; a calibrating scheme
-calibrates on a batch of its own first), then on one fixed training batch
+scheme, parameter table with the scheme's rules for the run's optimiser, and that optimiser
+through ``Trainer``; a calibrating scheme calibrates on a batch of its own first), then on one
+fixed training batch
 
 - at step 0 keep every sublayer's output ``y_0`` (``scmm.analysis.scales.capture_outputs``);
 - take one optimiser step on that same batch, capture the outputs ``y_t`` again, and record
@@ -77,6 +78,9 @@ def measure_model(
     execution = Execution(settings.execution)
     with execution.scope():
         model = CharLM(model_settings)
+        # As a run does: the scheme's learning-rate rules for this optimiser (u-mup's SGD
+        # rules differ from its Adam ones).
+        model.scheme.assign_multipliers(model.parameters, settings.training.optimiser.kind)
         trainer = Trainer(
             model,
             settings.training,
