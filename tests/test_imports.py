@@ -39,6 +39,7 @@ ABOVE_GROUND = (
     "scmm.analysis",
     "scmm.pedal",
     "scmm.sample",
+    "scmm.coord_check",
 )
 # What the model floors (op sets and unit-scaled ops, schemes, layers, models) must not reach.
 _RUNS = ("scmm.training", "scmm.experiments", "scmm.sweeps", "scmm.analysis")
@@ -63,11 +64,17 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "scmm.training": ("scmm.models", "scmm.layers", "scmm.experiments", "scmm.sweeps"),
     # Sampling reads experiments' run folders; a sweep is not its business.
     "scmm.sample": ("scmm.sweeps",),
+    # The coordinate check builds and trains models like an experiment, outside any sweep.
+    "scmm.coord_check": ("scmm.sweeps",),
 }
-# Sampling is a tool on top (like a command line): nothing else in scmm imports it.
+# Sampling and the coordinate check are tools on top (like a command line): nothing else in
+# scmm imports them, and neither imports the other.
+TOOLS = ("scmm.sample", "scmm.coord_check")
 for _owner in (*GROUND_FLOOR, *ABOVE_GROUND):
-    if _owner != "scmm.sample":
-        FORBIDDEN[_owner] = (*FORBIDDEN.get(_owner, ()), "scmm.sample")
+    FORBIDDEN[_owner] = (
+        *FORBIDDEN.get(_owner, ()),
+        *(tool for tool in TOOLS if tool != _owner),
+    )
 
 
 def covers(prefix: str, module: str) -> bool:
@@ -213,4 +220,19 @@ def test_sampling_is_imported_by_nothing_and_imports_no_sweep() -> None:
         "scmm.experiments.runner -> scmm.sample.cli (rule: scmm.experiments !-> scmm.sample)",
         "scmm.io -> scmm.sample (rule: scmm.io !-> scmm.sample)",
         "scmm.sample.cli -> scmm.sweeps.cli (rule: scmm.sample !-> scmm.sweeps)",
+    ]
+
+
+def test_the_coordinate_check_is_imported_by_nothing_and_imports_no_sweep() -> None:
+    edges = {
+        "scmm.analysis.coordinates": {"scmm.coord_check.measure"},
+        "scmm.sample.cli": {"scmm.coord_check"},
+        "scmm.coord_check.measure": {"scmm.models", "scmm.training", "scmm.analysis.scales"},
+        "scmm.coord_check.cli": {"scmm.experiments.overrides", "scmm.sweeps.presets"},
+    }
+    assert violations(edges) == [
+        "scmm.analysis.coordinates -> scmm.coord_check.measure"
+        " (rule: scmm.analysis !-> scmm.coord_check)",
+        "scmm.coord_check.cli -> scmm.sweeps.presets (rule: scmm.coord_check !-> scmm.sweeps)",
+        "scmm.sample.cli -> scmm.coord_check (rule: scmm.sample !-> scmm.coord_check)",
     ]

@@ -4,7 +4,8 @@
 ``load_scales_json`` (atomic JSON list) and ``plot_scales`` (PNG of log2 RMS per layer against
 the float16 / bfloat16 / FP8 ranges, drawn on an Agg canvas: no display or pyplot needed), and
 ``plot_training_curves`` (a run's train/validation BPC and learning rate against step, from its
-``log.jsonl``).
+``log.jsonl``); the coordinate check's maths (``coordinates``: slopes of log2 RMS against
+log2 width, the verdict, its JSON record and figure).
 """
 
 import os
@@ -17,6 +18,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import_tensorflow_quietly()
 
 # pylint: disable=wrong-import-position
+from .coordinates import (
+    CoordinateCheck,
+    RunMeasurement,
+    Verdict,
+    fit_slope,
+    judge,
+    load_check_json,
+    plot_check,
+    slope_table,
+    summarise,
+    write_check_json,
+)
 from .curves import draw_training_curves, plot_training_curves, training_curves
 from .plots import plot_scales
 from .scales import (
@@ -25,6 +38,7 @@ from .scales import (
     PASSES,
     FormatRange,
     ScaleRecord,
+    capture_outputs,
     collect_scales,
     format_fractions,
     format_range,
@@ -36,21 +50,32 @@ from .scales import (
 )
 
 __all__ = [
+    "CoordinateCheck",
     "FORMATS",
     "LOSS_GRADIENT_NAME",
     "PASSES",
     "FormatRange",
+    "RunMeasurement",
     "ScaleRecord",
+    "Verdict",
+    "capture_outputs",
     "collect_scales",
     "draw_training_curves",
+    "fit_slope",
     "format_fractions",
     "format_range",
+    "judge",
     "layer_paths",
+    "load_check_json",
     "load_scales_json",
+    "plot_check",
     "plot_scales",
     "plot_training_curves",
     "select",
+    "slope_table",
+    "summarise",
     "tensor_record",
     "training_curves",
+    "write_check_json",
     "write_scales_json",
 ]

@@ -251,9 +251,10 @@ _MISSING = object()
 
 @dataclasses.dataclass
 class _Capture:
-    """Output tensors of sublayer calls, in the order the calls returned."""
+    """Output tensors of sublayer calls, in the order the calls returned (each watched by
+    ``tape`` when one is given: a forward-only capture needs none)."""
 
-    tape: tf.GradientTape
+    tape: Optional[tf.GradientTape]
     outputs: list[tuple[str, tf.Tensor]] = dataclasses.field(default_factory=list)
     calls: dict[str, int] = dataclasses.field(default_factory=dict)
 
@@ -268,7 +269,8 @@ class _Capture:
             t for t in tf.nest.flatten(outputs) if isinstance(t, tf.Tensor) and t.dtype.is_floating
         ]
         for index, tensor in enumerate(leaves):
-            self.tape.watch(tensor)
+            if self.tape is not None:
+                self.tape.watch(tensor)
             self.outputs.append((name if len(leaves) == 1 else f"{name}[{index}]", tensor))
 
 
@@ -304,6 +306,23 @@ def _loss_of(outputs: Any, loss_key: str) -> tf.Tensor:
     if isinstance(outputs, Mapping):
         return outputs[loss_key]
     return outputs
+
+
+def capture_outputs(
+    model: keras.layers.Layer, tokens: tf.Tensor, mask: tf.Tensor
+) -> tuple[list[tuple[str, tf.Tensor]], Any]:
+    """One eager forward pass of ``model(tokens, mask)`` with every sublayer's output kept.
+
+    Returns ``([(path, output tensor), ...], model outputs)``, the outputs in the order the
+    calls returned and named as in ``collect_scales``' forward records (``head``,
+    ``layer_0_token/ffn/up``, ...). No gradient tape is recorded and the weights are not
+    touched: for tools that need the raw tensors rather than their statistics (e.g. a
+    coordinate check comparing a layer's output before and after training steps).
+    """
+    capture = _Capture(tape=None)
+    with _instrumented(model, capture):
+        outputs = model(tokens, mask)
+    return capture.outputs, outputs
 
 
 def collect_scales(
