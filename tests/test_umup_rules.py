@@ -6,7 +6,7 @@ import pytest
 
 from scmm.models import CharLM
 from scmm.parameters import Parameter, ParameterTable
-from scmm.schemes.umup_rules import adam_learning_rate_multiplier, adam_learning_rate_multipliers
+from scmm.schemes.umup_rules import adam_learning_rate_multiplier, learning_rate_multipliers
 
 from conftest import KINDS, model_settings  # pylint: disable=wrong-import-order
 
@@ -22,7 +22,7 @@ def test_each_role_follows_its_closed_form() -> None:
         Parameter("final_g", (16,), "gain"),
         Parameter("head", (16, 256), "readout", fan_in=16),
     ]
-    got = adam_learning_rate_multipliers(ParameterTable(rows, depth=2 * depth), depth)
+    got = learning_rate_multipliers(ParameterTable(rows, depth=2 * depth), depth)
     # The library's own example: Embedding(2^8, 2^4) trains at lr/4; a depth-3 hidden weight
     # of fan-in 16 at lr/4/sqrt(3).
     expected = {
@@ -50,7 +50,7 @@ def test_a_weight_without_a_fan_in_or_an_unknown_role_is_named() -> None:
 def test_every_parameter_of_every_model_kind_gets_its_rule(kind: str) -> None:
     model = CharLM(model_settings(kind, hidden_size=32, depth=2))
     table = model.parameters
-    got = adam_learning_rate_multipliers(table, layers=2)  # L = 2 layers ...
+    got = learning_rate_multipliers(table, layers=2)  # L = 2 layers ...
     assert set(got) == set(table.paths) and table.depth == 4  # ... of two residual blocks each
     for row in table:
         in_branch = row.depth is not None

@@ -24,7 +24,8 @@ class Attention(ScaledLayer):
 
     Weights: ``qkv`` (hidden_size, 3, heads, head_size), fan-in hidden_size; ``positional``
     (2 frequencies, heads, head_size), fan-in 2 frequencies; ``output_kernel`` (heads,
-    head_size, hidden_size), fan-in heads x head_size; ``output_bias`` (hidden_size,).
+    head_size, hidden_size), fan-in heads x head_size; ``output_bias`` (hidden_size,; unless
+    ``use_bias=False``).
     ``query_chunk`` only changes how the computation is split (results are equal up to float
     rounding): queries are processed in chunks that attend to keys up to the chunk's end.
     """
@@ -37,10 +38,12 @@ class Attention(ScaledLayer):
         frequencies: int,
         max_period: float,
         query_chunk: int = 64,
+        use_bias: bool = True,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         self.query_chunk = query_chunk
+        self.use_bias = use_bias
         self.hidden_size = hidden_size
         self.heads = heads
         self.head_size = head_size
@@ -56,7 +59,9 @@ class Attention(ScaledLayer):
         self.output_kernel = self.add_parameter(
             "output_kernel", (heads, hs, h), "weight", fan_in=heads * hs, seed_index=2
         )
-        self.output_bias = self.add_parameter("output_bias", (h,), "bias", init="zeros")
+        self.output_bias = (
+            self.add_parameter("output_bias", (h,), "bias", init="zeros") if self.use_bias else None
+        )
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
         # x: (batch, seq, hidden)
@@ -70,7 +75,7 @@ class Attention(ScaledLayer):
         pos_keys = ops.positional_keys(embedding, self.positional, batch, x.dtype)
         mixed = ops.attention(q, k, v, pos_keys, self.query_chunk)  # (b, s, heads, hs)
         out = ops.projection(mixed, self.output_kernel, axes=2)  # (b, s, hidden)
-        return ops.add_bias(out, self.output_bias)
+        return ops.add_bias(out, self.output_bias) if self.output_bias is not None else out
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -81,4 +86,5 @@ class Attention(ScaledLayer):
             "frequencies": self.frequencies,
             "max_period": self.max_period,
             "query_chunk": self.query_chunk,
+            "use_bias": self.use_bias,
         }

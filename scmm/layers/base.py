@@ -1,8 +1,8 @@
 """The base of every scmm layer: a seed, an op set, and parameters declared with their facts.
 
 A layer is written once. Its arithmetic comes from the op set named by ``ops`` ("plain" for
-regular models, "unit" for unit-scaled ones; ``scmm.ops``), which also sets the initial std of
-its weights. Each variable is created by ``add_parameter`` with its role and fan-in (what the
+regular models, "unit" for unit-scaled ones, a dict for u-mup's with its multipliers;
+``scmm.ops``), which also sets the initial std of its weights. Each variable is created by ``add_parameter`` with its role and fan-in (what the
 per-parameter table in ``scmm.parameters`` records), and its random initialiser is seeded by
 ``seed`` and the variable's index, so weights never depend on creation order.
 """
@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional
 
 import keras
 
-from ..ops import get_ops
+from ..ops import OpsSpec, get_ops
 from ..ops.base import OpSet
 from ..parameters import ParameterInfo, Role
 
@@ -26,10 +26,12 @@ def seeded_normal(seed: int, stddev: float) -> keras.initializers.Initializer:
 class ScaledLayer(keras.layers.Layer):
     """A Keras layer whose ops come from an op set and whose parameters carry their facts."""
 
-    def __init__(self, seed: int = 0, ops: str = "plain", **kwargs: Any):
+    def __init__(self, seed: int = 0, ops: OpsSpec = "plain", **kwargs: Any):
         super().__init__(**kwargs)
         self.seed = seed
-        self.ops_name = ops
+        # The spec (a name, or a dict of name and options such as u-mup's multipliers): what
+        # get_config stores and what the layer hands to the layers it builds.
+        self.ops_name: OpsSpec = ops if isinstance(ops, str) else dict(ops)
         self.ops: OpSet = get_ops(ops)
         # id(variable) -> facts; ids are stable while the layer holds its variables.
         self.parameter_facts: dict[int, ParameterInfo] = {}

@@ -15,11 +15,14 @@ class CausalConv(ScaledLayer):
     Causality comes from padding K-1 zeros on the left only: output t sees inputs <= t.
     Weights: ``kernel`` (kernel_size, hidden_size / groups, hidden_size), TF's grouped-conv
     layout with output channels group-major, fan-in kernel_size x hidden_size / groups;
-    ``bias`` (hidden_size,).
+    ``bias`` (hidden_size,; unless ``use_bias=False``).
     """
 
-    def __init__(self, hidden_size: int, kernel_size: int, groups: int, **kwargs: Any):
+    def __init__(
+        self, hidden_size: int, kernel_size: int, groups: int, use_bias: bool = True, **kwargs: Any
+    ):
         super().__init__(**kwargs)
+        self.use_bias = use_bias
         if hidden_size % groups:
             raise ValueError(f"groups={groups} must divide hidden_size={hidden_size}")
         self.hidden_size = hidden_size
@@ -34,11 +37,17 @@ class CausalConv(ScaledLayer):
             "weight",
             fan_in=self.kernel_size * group_size,
         )
-        self.bias = self.add_parameter("bias", (self.hidden_size,), "bias", init="zeros")
+        self.bias = (
+            self.add_parameter("bias", (self.hidden_size,), "bias", init="zeros")
+            if self.use_bias
+            else None
+        )
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
         y = self.ops.causal_conv(x, self.kernel, self.groups)  # (b, s, hidden)
-        return self.ops.relu(self.ops.add_bias(y, self.bias))
+        if self.bias is not None:
+            y = self.ops.add_bias(y, self.bias)
+        return self.ops.relu(y)
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -46,4 +55,5 @@ class CausalConv(ScaledLayer):
             "hidden_size": self.hidden_size,
             "kernel_size": self.kernel_size,
             "groups": self.groups,
+            "use_bias": self.use_bias,
         }

@@ -74,23 +74,48 @@ class Shift(ScaledLayer):
 class LayerNorm(ScaledLayer):
     """Layer norm over the last axis, statistics in float32 (float16 squares overflow).
 
-    Weights ``gamma`` (gain, ones) and ``beta`` (offset, zeros), each (hidden_size,).
+    Weights ``gamma`` (gain, ones; unless ``scale=False``) and ``beta`` (offset, zeros; unless
+    ``center=False``), each (hidden_size,); the flags are ``keras.layers.LayerNormalization``'s.
+    u-mup's norms have neither (non-parametric norms, Lingle 2024).
     """
 
-    def __init__(self, hidden_size: int, epsilon: float = 1e-5, **kwargs: Any):
+    def __init__(
+        self,
+        hidden_size: int,
+        epsilon: float = 1e-5,
+        center: bool = True,
+        scale: bool = True,
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         self.hidden_size = hidden_size
         self.epsilon = epsilon
+        self.center = center
+        self.scale = scale
 
     def build(self, input_shape: Any = None) -> None:
-        self.gamma = self.add_parameter("gamma", (self.hidden_size,), "gain", init="ones")
-        self.beta = self.add_parameter("beta", (self.hidden_size,), "offset", init="zeros")
+        self.gamma = (
+            self.add_parameter("gamma", (self.hidden_size,), "gain", init="ones")
+            if self.scale
+            else None
+        )
+        self.beta = (
+            self.add_parameter("beta", (self.hidden_size,), "offset", init="zeros")
+            if self.center
+            else None
+        )
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
         return self.ops.layer_norm(x, self.gamma, self.beta, self.epsilon)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "hidden_size": self.hidden_size, "epsilon": self.epsilon}
+        return {
+            **super().get_config(),
+            "hidden_size": self.hidden_size,
+            "epsilon": self.epsilon,
+            "center": self.center,
+            "scale": self.scale,
+        }
 
 
 @keras.saving.register_keras_serializable(package="scmm")
@@ -131,7 +156,10 @@ class Projection(ScaledLayer):
         )
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
-        y = self.ops.projection(x, self.kernel)
+        if self.kernel_role == "readout":  # the op set's readout (mu-P's, under u-mup)
+            y = self.ops.readout(x, self.kernel)
+        else:
+            y = self.ops.projection(x, self.kernel)
         return self.ops.add_bias(y, self.bias) if self.bias is not None else y
 
     def get_config(self) -> dict[str, Any]:

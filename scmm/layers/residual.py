@@ -25,7 +25,8 @@ NormPlacement = Literal["pre", "post", "none"]
 class Residual(ScaledLayer):
     """Residual block wrapping ``body`` (a layer mapping (b, s, h) -> (b, s, h)).
 
-    Weights: the body's, plus ``norm/gamma`` and ``norm/beta`` unless norm="none".
+    Weights: the body's, plus ``norm/gamma`` and ``norm/beta`` unless norm="none" (or the
+    norm has no gain / offset: ``norm_scale`` / ``norm_center`` False, as under u-mup).
     """
 
     def __init__(
@@ -34,6 +35,8 @@ class Residual(ScaledLayer):
         hidden_size: int,
         norm: NormPlacement = "pre",
         tau: Optional[float] = None,
+        norm_center: bool = True,
+        norm_scale: bool = True,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -47,8 +50,14 @@ class Residual(ScaledLayer):
         self.hidden_size = hidden_size
         self.norm_placement = norm
         self.tau = tau
+        self.norm_center = norm_center
+        self.norm_scale = norm_scale
         self.norm = (
-            LayerNorm(hidden_size, ops=self.ops_name, name="norm") if norm != "none" else None
+            LayerNorm(
+                hidden_size, center=norm_center, scale=norm_scale, ops=self.ops_name, name="norm"
+            )
+            if norm != "none"
+            else None
         )
 
     def build(self, input_shape: Any = None) -> None:
@@ -73,4 +82,6 @@ class Residual(ScaledLayer):
             "hidden_size": self.hidden_size,
             "norm": self.norm_placement,
             "tau": self.tau,
+            "norm_center": self.norm_center,
+            "norm_scale": self.norm_scale,
         }

@@ -23,12 +23,14 @@ class RecurrentHighway(ScaledLayer):
     """RHN cell scanned over time: (batch, seq, hidden) -> states (batch, seq, hidden).
 
     Weights: ``input_kernel`` and ``recurrent_kernel`` (hidden_size, 2, hidden_size), the
-    candidate and transform halves; ``bias`` (2, hidden_size). The gates see [x_t, s_{t-1}],
+    candidate and transform halves; ``bias`` (2, hidden_size; unless ``use_bias=False``: the
+    gates then have only the constant ``rebias``). The gates see [x_t, s_{t-1}],
     so both kernels have the fan-in of the concatenation, 2 hidden_size.
     """
 
-    def __init__(self, hidden_size: int, rebias: float = 1.0, **kwargs: Any):
+    def __init__(self, hidden_size: int, rebias: float = 1.0, use_bias: bool = True, **kwargs: Any):
         super().__init__(**kwargs)
+        self.use_bias = use_bias
         self.hidden_size = hidden_size
         self.rebias = rebias
 
@@ -39,7 +41,11 @@ class RecurrentHighway(ScaledLayer):
         self.recurrent_kernel = self.add_parameter(
             "recurrent_kernel", shape, "weight", fan_in=fan_in, seed_index=1
         )
-        self.bias = self.add_parameter("bias", (2, self.hidden_size), "bias", init="zeros")
+        self.bias = (
+            self.add_parameter("bias", (2, self.hidden_size), "bias", init="zeros")
+            if self.use_bias
+            else None
+        )
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
         return self.ops.recurrent_highway(
@@ -47,4 +53,9 @@ class RecurrentHighway(ScaledLayer):
         )
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "hidden_size": self.hidden_size, "rebias": self.rebias}
+        return {
+            **super().get_config(),
+            "hidden_size": self.hidden_size,
+            "rebias": self.rebias,
+            "use_bias": self.use_bias,
+        }

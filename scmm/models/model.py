@@ -17,7 +17,7 @@ from .. import layers, precision
 from ..ops import get_ops
 from ..ops.kernels import cross_entropy_sum
 from ..parameters import Parameter, ParameterTable
-from ..schemes.scheme import Scheme
+from ..schemes.scheme import BranchKind, Scheme
 from .settings import ModelSettings
 
 
@@ -69,20 +69,23 @@ class CharLM(keras.Model):
         super().__init__(name=kwargs.pop("name", "char_lm"), dtype=policy, **kwargs)
         self.settings = settings
         self.scheme: Scheme = settings.scaling.build()
-        ops = self.scheme.ops
+        scheme = self.scheme
+        ops = scheme.ops
         self.ops = get_ops(ops)
         seed = settings.seed if settings.seed is not None else 0
         hidden = settings.hidden_size
+        norm_options = {"center": scheme.use_bias, "scale": scheme.norm_scale}
         with dtype_policy_scope(policy):
             self.embedding = layers.Embedding(
                 settings.vocab_size, hidden, seed=seed * 1000, ops=ops, name="embedding"
             )
             self.shift = layers.Shift(hidden, seed=seed * 1000 + 998, ops=ops, name="shift")
             self.blocks = self._make_blocks(settings, seed)
-            self.final_norm = layers.LayerNorm(hidden, ops=ops, name="final_norm")
+            self.final_norm = layers.LayerNorm(hidden, **norm_options, ops=ops, name="final_norm")
             self.head = layers.Projection(
                 hidden,
                 settings.vocab_size,
+                use_bias=scheme.use_bias,
                 kernel_role="readout",
                 seed=seed * 1000 + 999,
                 ops=ops,
@@ -95,33 +98,38 @@ class CharLM(keras.Model):
         self.parameters = self._parameter_table()
 
     def _make_mixers(self, settings: ModelSettings, seed: int) -> list[tuple[str, Any]]:
-        hidden, ops = settings.hidden_size, self.scheme.ops
+        """(block name, mixer) in trunk order; the name ends in the branch kind."""
+        hidden, ops, bias = settings.hidden_size, self.scheme.ops, self.scheme.use_bias
         mixers: list[tuple[str, Any]] = []
         for i in range(settings.depth):
             layer_seed = seed * 1000 + 2 * i + 1
-            sequence = settings.sequence.build(hidden, layer_seed, ops)
+            sequence = settings.sequence.build(hidden, layer_seed, ops, bias)
             mixers.append((f"layer_{i}_sequence", sequence))
-            token = settings.token.build(hidden, layer_seed + 1, ops)
+            token = settings.token.build(hidden, layer_seed + 1, ops, bias)
             if token is not None:
                 mixers.append((f"layer_{i}_token", token))
         return mixers
 
     def _make_blocks(self, settings: ModelSettings, seed: int) -> list[layers.Residual]:
-        residual = settings.residual
-        blocks = []
-        for index, (name, mixer) in enumerate(self._make_mixers(settings, seed), start=1):
-            tau = self.scheme.residual_tau(residual.weighting, residual.alpha, index)
-            blocks.append(
-                layers.Residual(
-                    mixer,
-                    settings.hidden_size,
-                    norm=residual.norm,
-                    tau=tau,
-                    ops=self.scheme.ops,
-                    name=name,
-                )
+        residual, scheme = settings.residual, self.scheme
+        mixers = self._make_mixers(settings, seed)
+        kinds: list[BranchKind] = [
+            "sequence" if name.endswith("_sequence") else "token" for name, _ in mixers
+        ]
+        taus = scheme.residual_taus(residual.weighting, residual.alpha, kinds)
+        return [
+            layers.Residual(
+                mixer,
+                settings.hidden_size,
+                norm=residual.norm,
+                tau=tau,
+                norm_center=scheme.use_bias,
+                norm_scale=scheme.norm_scale,
+                ops=scheme.ops,
+                name=name,
             )
-        return blocks
+            for (name, mixer), tau in zip(mixers, taus)
+        ]
 
     def _parameter_table(self) -> ParameterTable:
         """Facts the layers declared, the depth position of each block's parameters, and the
@@ -147,7 +155,7 @@ class CharLM(keras.Model):
                 )
             )
         table = ParameterTable(rows, depth=len(self.blocks))
-        self.scheme.assign_multipliers(table)
+        self.scheme.assign_multipliers(table, layers=self.settings.depth)
         return table
 
     # Forward pass ---------------------------------------------------------------------------

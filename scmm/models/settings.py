@@ -18,6 +18,8 @@ from ..schemes.settings import RegularScalingSettings, ScalingSettings
 if TYPE_CHECKING:
     import keras
 
+    from ..ops import OpsSpec
+
 __all__ = [
     "AttentionSettings",
     "ConvSettings",
@@ -49,8 +51,11 @@ class SequenceMixerSettings(draccus.ChoiceRegistry):
     def validate(self, hidden_size: int) -> None:
         """Raise ValueError if the mixer cannot be built at this hidden size."""
 
-    def build(self, hidden_size: int, seed: int, ops: str) -> "keras.layers.Layer":
-        """The mixer layer (weights seeded by ``seed``, arithmetic from op set ``ops``)."""
+    def build(
+        self, hidden_size: int, seed: int, ops: "OpsSpec", use_bias: bool = True
+    ) -> "keras.layers.Layer":
+        """The mixer layer (weights seeded by ``seed``, arithmetic from op set ``ops``; biases
+        unless ``use_bias`` is False)."""
         raise NotImplementedError
 
 
@@ -81,7 +86,9 @@ class AttentionSettings(SequenceMixerSettings):
         if self.max_period < 4:
             raise ValueError(f"model.sequence.max_period must be >= 4, got {self.max_period}")
 
-    def build(self, hidden_size: int, seed: int, ops: str) -> "keras.layers.Layer":
+    def build(
+        self, hidden_size: int, seed: int, ops: "OpsSpec", use_bias: bool = True
+    ) -> "keras.layers.Layer":
         from ..layers import Attention
 
         return Attention(
@@ -90,6 +97,7 @@ class AttentionSettings(SequenceMixerSettings):
             self.head_size,
             self.frequencies,
             self.max_period,
+            use_bias=use_bias,
             seed=seed,
             ops=ops,
             name="attention",
@@ -114,11 +122,19 @@ class ConvSettings(SequenceMixerSettings):
                 f"model.sequence.groups={self.groups} must divide hidden_size={hidden_size}"
             )
 
-    def build(self, hidden_size: int, seed: int, ops: str) -> "keras.layers.Layer":
+    def build(
+        self, hidden_size: int, seed: int, ops: "OpsSpec", use_bias: bool = True
+    ) -> "keras.layers.Layer":
         from ..layers import CausalConv
 
         return CausalConv(
-            hidden_size, self.kernel_size, self.groups, seed=seed, ops=ops, name="conv"
+            hidden_size,
+            self.kernel_size,
+            self.groups,
+            use_bias=use_bias,
+            seed=seed,
+            ops=ops,
+            name="conv",
         )
 
 
@@ -130,10 +146,14 @@ class RNNSettings(SequenceMixerSettings):
     rebias: float = 1.0
     """Constant subtracted from the transform-gate pre-activation (bias towards carrying)."""
 
-    def build(self, hidden_size: int, seed: int, ops: str) -> "keras.layers.Layer":
+    def build(
+        self, hidden_size: int, seed: int, ops: "OpsSpec", use_bias: bool = True
+    ) -> "keras.layers.Layer":
         from ..layers import RecurrentHighway
 
-        return RecurrentHighway(hidden_size, self.rebias, seed=seed, ops=ops, name="rnn")
+        return RecurrentHighway(
+            hidden_size, self.rebias, use_bias=use_bias, seed=seed, ops=ops, name="rnn"
+        )
 
 
 @dataclasses.dataclass
@@ -148,7 +168,9 @@ class TokenMixerSettings(draccus.ChoiceRegistry):
     def validate(self) -> None:
         """Raise ValueError naming an impossible value."""
 
-    def build(self, hidden_size: int, seed: int, ops: str) -> Optional["keras.layers.Layer"]:
+    def build(
+        self, hidden_size: int, seed: int, ops: "OpsSpec", use_bias: bool = True
+    ) -> Optional["keras.layers.Layer"]:
         """The token-mixer layer, or None for no token mixer."""
         raise NotImplementedError
 
@@ -156,19 +178,33 @@ class TokenMixerSettings(draccus.ChoiceRegistry):
 @TokenMixerSettings.register_subclass("ffn")
 @dataclasses.dataclass
 class FFNSettings(TokenMixerSettings):
-    """Position-wise ReLU MLP with ``multiple`` x hidden inner units."""
+    """Position-wise MLP with ``multiple`` x hidden inner units."""
 
     multiple: float = 4.0
     """Inner width as a multiple of the hidden size."""
+    activation: Literal["relu", "gelu"] = "relu"
+    """relu (the unit-scaling paper's) or gelu (exact; u-mup's ffn_act tempers it)."""
 
     def validate(self) -> None:
         if self.multiple <= 0:
             raise ValueError(f"model.token.multiple must be > 0, got {self.multiple}")
+        if self.activation not in ("relu", "gelu"):
+            raise ValueError(f"model.token.activation must be relu|gelu, got {self.activation!r}")
 
-    def build(self, hidden_size: int, seed: int, ops: str) -> Optional["keras.layers.Layer"]:
+    def build(
+        self, hidden_size: int, seed: int, ops: "OpsSpec", use_bias: bool = True
+    ) -> Optional["keras.layers.Layer"]:
         from ..layers import FFN
 
-        return FFN(hidden_size, self.multiple, seed=seed, ops=ops, name="ffn")
+        return FFN(
+            hidden_size,
+            self.multiple,
+            self.activation,
+            use_bias,
+            seed=seed,
+            ops=ops,
+            name="ffn",
+        )
 
 
 @TokenMixerSettings.register_subclass("none")
@@ -176,7 +212,9 @@ class FFNSettings(TokenMixerSettings):
 class NoTokenMixerSettings(TokenMixerSettings):
     """No token mixer: each layer is a sequence mixer only."""
 
-    def build(self, hidden_size: int, seed: int, ops: str) -> Optional["keras.layers.Layer"]:
+    def build(
+        self, hidden_size: int, seed: int, ops: "OpsSpec", use_bias: bool = True
+    ) -> Optional["keras.layers.Layer"]:
         return None
 
 
@@ -209,7 +247,7 @@ class ModelSettings:
     token: TokenMixerSettings = dataclasses.field(default_factory=FFNSettings)
     """Token mixer (each position on its own): ffn, or none for sequence mixers only."""
     scaling: ScalingSettings = dataclasses.field(default_factory=RegularScalingSettings)
-    """Scaling scheme: regular (standard parametrisation) or unit (unit scaling)."""
+    """Scaling scheme: regular (standard parametrisation), unit (unit scaling) or umup (u-mup)."""
     dtype: DType = "float32"
     """Compute dtype."""
     weights: WeightStorage = "master"
@@ -232,6 +270,8 @@ class ModelSettings:
         if self.residual.weighting == "fixed" and not 0.0 < self.residual.alpha < 1.0:
             raise ValueError(f"model.residual.alpha must be in (0, 1), got {self.residual.alpha}")
         self.token.validate()
-        self.scaling.validate(self.residual.weighting)
+        self.scaling.validate(
+            self.residual.weighting, self.residual.norm, getattr(self.token, "activation", None)
+        )
         self.sequence.validate(self.hidden_size)
         self.precision.validate()

@@ -41,6 +41,13 @@ class OpSet(abc.ABC):
     def projection(self, x: tf.Tensor, kernel: tf.Tensor, axes: int = 1) -> tf.Tensor:
         """x (..., *in) contracted with kernel (*in, *out) over ``axes`` axes -> (..., *out)."""
 
+    def readout(self, x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+        """The model's output projection x (..., in) @ kernel (in, classes).
+
+        A ``projection`` here; u-mup's op set gives it mu-P's forward 1/fan_in.
+        """
+        return self.projection(x, kernel)
+
     @abc.abstractmethod
     def add_bias(self, x: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
         """x + bias, bias broadcast over x's leading axes."""
@@ -81,6 +88,14 @@ class OpSet(abc.ABC):
     def gelu(self, x: tf.Tensor) -> tf.Tensor:
         """Exact (erf) GELU (scaled in the unit set)."""
 
+    def ffn_activation(self, x: tf.Tensor, kind: str) -> tf.Tensor:
+        """The FFN's nonlinearity ``kind`` (relu | gelu); u-mup's op set tempers it."""
+        if kind == "relu":
+            return self.relu(x)
+        if kind == "gelu":
+            return self.gelu(x)
+        raise ValueError(f"FFN activation must be relu|gelu, got {kind!r}")
+
     @abc.abstractmethod
     def qkv_projection(
         self, x: tf.Tensor, kernel: tf.Tensor
@@ -105,10 +120,10 @@ class OpSet(abc.ABC):
         x: tf.Tensor,
         input_kernel: tf.Tensor,
         recurrent_kernel: tf.Tensor,
-        bias: tf.Tensor,
+        bias: Optional[tf.Tensor],
         rebias: float,
     ) -> tf.Tensor:
-        """RHN states (b, s, h) from x (b, s, in), kernels (in|h, 2, h), bias (2, h)."""
+        """RHN states (b, s, h) from x (b, s, in), kernels (in|h, 2, h), bias (2, h) or None."""
 
     @abc.abstractmethod
     def residual_split(self, x: tf.Tensor, tau: Optional[float]) -> tuple[tf.Tensor, tf.Tensor]:

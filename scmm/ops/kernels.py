@@ -7,7 +7,7 @@ sequence shift and the highway recurrence live here. Callers pass the contractio
 (``contract``), so the rounding stays in the op set that owns it.
 """
 
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
@@ -104,8 +104,11 @@ def causal_relative_attention(
     query_chunk: int,
     contract: Contract,
     mix: Mix,
+    temperature: Optional[float] = None,
 ) -> tf.Tensor:
-    """softmax((q k^T + rel(q p^T)) / sqrt(hs) + causal mask) mixed into v: (b, s, heads, hs).
+    """softmax((q k^T + rel(q p^T)) t + causal mask) mixed into v: (b, s, heads, hs).
+
+    t is ``temperature``, by default 1 / sqrt(hs) (u-mup uses mult / hs).
 
     q, k, v: (b, heads, s, hs); pos_keys: (heads, s, hs) for distances s-1 ... 0.
     ``contract(equation, a, b)`` computes the two score matmuls and ``mix(weights, v, stop)``
@@ -117,7 +120,9 @@ def causal_relative_attention(
     seq, head_size = q.shape[2], q.shape[3]
     if seq is None or head_size is None:
         raise ValueError(f"attention needs static shapes, got {q.shape}")
-    temperature = tf.cast(head_size**-0.5, q.dtype)
+    if temperature is None:
+        temperature = head_size**-0.5
+    scale = tf.cast(temperature, q.dtype)
     mixed = []
     for start, stop in chunk_bounds(seq, query_chunk):
         q_c = q[:, :, start:stop]  # (b, heads, chunk, hs)
@@ -125,7 +130,7 @@ def causal_relative_attention(
         position = relative_shift(
             contract("bnia,nra->bnir", q_c, pos_keys[:, seq - stop :])
         )  # (b, heads, chunk, stop)
-        scores = (content + position) * temperature
+        scores = (content + position) * scale
         causal = np.arange(stop)[None, :] <= np.arange(start, stop)[:, None]
         scores = tf.where(tf.constant(causal), scores, tf.cast(MASK_VALUE, q.dtype))
         weights = tf.nn.softmax(scores, axis=-1)

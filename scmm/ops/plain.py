@@ -109,12 +109,14 @@ class PlainOps(OpSet):
         x: tf.Tensor,
         input_kernel: tf.Tensor,
         recurrent_kernel: tf.Tensor,
-        bias: tf.Tensor,
+        bias: Optional[tf.Tensor],
         rebias: float,
     ) -> tf.Tensor:
         dtype = x.dtype
         # The input half of every gate does not depend on the state: one big matmul up front.
-        shifted = tf.cast(bias, dtype) - tf.constant([[0.0], [rebias]], dtype)  # (2, h)
+        shifted = -tf.constant([[0.0], [rebias]], dtype)  # (2, 1)
+        if bias is not None:
+            shifted = tf.cast(bias, dtype) + shifted  # (2, h)
         gates_in = precision.einsum("bsh,hgk->sbgk", x, tf.cast(input_kernel, dtype)) + shifted
         return kernels.highway_scan(gates_in, tf.cast(recurrent_kernel, dtype))
 

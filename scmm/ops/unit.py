@@ -22,6 +22,9 @@ class UnitOps(OpSet):
     """Unit-scaled ops (unit-scaling paper, section 5; rules in ``scmm.uscale``)."""
 
     name = "unit"
+    constraint: uscale.Constraint = "gmean"
+    """How an op on a non-cut edge ties its output scale and its input-gradient scale: the
+    geometric mean (unit-scaling paper, section 5). u-mup's op set uses "forward"."""
 
     def init_std(self, fan_in: int) -> float:
         return 1.0
@@ -30,13 +33,13 @@ class UnitOps(OpSet):
 
     def projection(self, x: tf.Tensor, kernel: tf.Tensor, axes: int = 1) -> tf.Tensor:
         if axes == 1:
-            return uscale.projection(x, kernel)
+            return uscale.projection(x, kernel, self.constraint)
         # A multi-axis contraction is a projection of the flattened axes (same fan-in and
         # fan-out, so the same scales).
         inner = math.prod(int(d) for d in x.shape[-axes:])
         x_flat = tf.reshape(x, [*x.shape[:-axes], inner])  # (..., in)
         w_flat = tf.reshape(as_compute(kernel, x.dtype), [inner, *kernel.shape[axes:]])
-        return uscale.projection(x_flat, w_flat)
+        return uscale.projection(x_flat, w_flat, self.constraint)
 
     def add_bias(self, x: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
         return uscale.add_bias(x, bias)
@@ -67,15 +70,15 @@ class UnitOps(OpSet):
         return uscale.layer_norm(x, gain, offset, epsilon)
 
     def causal_conv(self, x: tf.Tensor, kernel: tf.Tensor, groups: int) -> tf.Tensor:
-        return uscale.causal_conv1d(x, kernel, groups)
+        return uscale.causal_conv1d(x, kernel, groups, self.constraint)
 
     # Nonlinearities ---------------------------------------------------------------------------
 
     def relu(self, x: tf.Tensor) -> tf.Tensor:
-        return uscale.relu(x)
+        return uscale.relu(x, self.constraint)
 
     def gelu(self, x: tf.Tensor) -> tf.Tensor:
-        return uscale.gelu(x)
+        return uscale.gelu(x, self.constraint)
 
     # Attention --------------------------------------------------------------------------------
 
@@ -101,7 +104,7 @@ class UnitOps(OpSet):
         x: tf.Tensor,
         input_kernel: tf.Tensor,
         recurrent_kernel: tf.Tensor,
-        bias: tf.Tensor,
+        bias: Optional[tf.Tensor],
         rebias: float,
     ) -> tf.Tensor:
         return uscale.recurrent_highway(x, input_kernel, recurrent_kernel, bias, rebias)

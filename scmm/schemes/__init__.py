@@ -1,8 +1,18 @@
-"""Scaling schemes (regular | unit): op set, residual rule, per-parameter rules, calibration.
+"""Scaling schemes (regular | unit | umup): op set, residual rule, per-parameter rules, calibration.
 
 Settings import without TensorFlow; ``ScalingSettings.build()`` returns the scheme object.
 """
 
-from .settings import RegularScalingSettings, ScalingSettings, UnitScalingSettings
+from .settings import (
+    RegularScalingSettings,
+    ScalingSettings,
+    UmupScalingSettings,
+    UnitScalingSettings,
+)
 
-__all__ = ["RegularScalingSettings", "ScalingSettings", "UnitScalingSettings"]
+__all__ = [
+    "RegularScalingSettings",
+    "ScalingSettings",
+    "UmupScalingSettings",
+    "UnitScalingSettings",
+]

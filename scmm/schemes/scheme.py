@@ -7,21 +7,28 @@ model unit-scaled?": the model, optimiser, runner and benchmark ask the scheme.
 """
 
 import math
-from typing import Any, Mapping, Optional
+from typing import Any, Literal, Mapping, Optional, Sequence, Union
 
 import keras
 
 from ..parameters import ParameterTable
+
+OptimiserKind = Literal["adamw", "sgdm"]
+BranchKind = Literal["sequence", "token"]
 
 
 class Scheme:
     """Base: plain ops, the standard residual rule, every multiplier 1, no calibration."""
 
     name = "regular"
-    ops = "plain"
-    """Name of the op set (``scmm.ops.get_ops``) the model's layers use."""
+    ops: Union[str, dict[str, Any]] = "plain"
+    """Spec of the op set (``scmm.ops.get_ops``) the model's layers use."""
     calibrates = False
     """Whether ``calibrate`` should run on a fresh model before its first step."""
+    use_bias = True
+    """Whether layers have biases (and norms offsets)."""
+    norm_scale = True
+    """Whether norms have gains."""
 
     def residual_tau(self, weighting: str, alpha: float, index: int) -> Optional[float]:
         """tau of the ``index``-th (1-based) residual block; None for a plain x + f(x).
@@ -41,8 +48,21 @@ class Scheme:
             raise ValueError(f"residual alpha must be in (0, 1), got {tau}")
         return tau
 
-    def assign_multipliers(self, table: ParameterTable) -> None:
-        """Set each row's learning-rate and weight-decay multipliers (here: all 1)."""
+    def residual_taus(
+        self, weighting: str, alpha: float, branches: Sequence[BranchKind]
+    ) -> list[Optional[float]]:
+        """tau of every residual block, in trunk order (``branches``: each block's mixer kind)."""
+        return [self.residual_tau(weighting, alpha, index) for index in range(1, len(branches) + 1)]
+
+    def assign_multipliers(
+        self, table: ParameterTable, layers: int = 1, optimiser: OptimiserKind = "adamw"
+    ) -> None:
+        """Set each row's learning-rate and weight-decay multipliers (here: all 1).
+
+        ``layers``: the trunk's layers (each a sequence and a token block); ``optimiser``: the
+        update rule the multipliers are for (u-mup's differ for SGD).
+        """
+        del layers, optimiser
         for row in table:
             row.learning_rate_multiplier = 1.0
             row.weight_decay_multiplier = 1.0
@@ -84,11 +104,13 @@ class UnitScheme(Scheme):
             )
         return super().residual_tau(weighting, alpha, index)
 
-    def assign_multipliers(self, table: ParameterTable) -> None:
+    def assign_multipliers(
+        self, table: ParameterTable, layers: int = 1, optimiser: OptimiserKind = "adamw"
+    ) -> None:
         """Parameters with one axis (biases, gains, offsets, the shift's padding) train at
         learning rate / sqrt(size), as in the paper's code; everything else at 1. The rule is
         the paper's, by shape: the RNN's (2, hidden) bias counts as a matrix."""
-        super().assign_multipliers(table)
+        super().assign_multipliers(table, layers, optimiser)
         for row in table:
             if len(row.shape) == 1:
                 row.learning_rate_multiplier = 1 / math.sqrt(row.shape[0])
@@ -111,3 +133,54 @@ class UnitScheme(Scheme):
             "log2_factor_median": float(np.median(log2)),
             "log2_factor_max": float(log2.max()),
         }
+
+
+class UmupScheme(Scheme):
+    """u-mup (Blake et al. 2024): the u-mup op set, its residual rule, mu-P's learning rates.
+
+    No calibration: u-mup's learning-rate rules (Adam and SGD alike) are defined for the ops'
+    own analytic gradient scales, and a measured per-parameter factor would be an extra
+    learning-rate multiplier under SGD (tested: every factor stays 1).
+    """
+
+    name = "umup"
+    calibrates = False
+
+    def __init__(  # pylint: disable=too-many-arguments
+        self,
+        ops: dict[str, Any],
+        residual_mult: float = 1.0,
+        residual_attn_ratio: float = 1.0,
+        norm_gains: bool = False,
+        biases: bool = False,
+    ):
+        self.ops = ops
+        self.residual_mult = residual_mult
+        self.residual_attn_ratio = residual_attn_ratio
+        self.norm_scale = norm_gains
+        self.use_bias = biases
+
+    def residual_taus(
+        self, weighting: str, alpha: float, branches: Sequence[BranchKind]
+    ) -> list[Optional[float]]:
+        """u-mup's rule over every branch (``umup_residual``); sequence mixers play the part of
+        attention, token mixers that of the FFN. ``weighting`` / ``alpha`` are not used (the
+        settings refuse anything but the default)."""
+        from .umup_residual import residual_taus
+
+        del weighting, alpha
+        kinds = ["attention" if kind == "sequence" else "ffn" for kind in branches]
+        return list(residual_taus(kinds, self.residual_mult, self.residual_attn_ratio))
+
+    def assign_multipliers(
+        self, table: ParameterTable, layers: int = 1, optimiser: OptimiserKind = "adamw"
+    ) -> None:
+        """u-mup's rules by role and depth (``umup_rules``); weight decay multipliers 1 (the
+        decay itself is set by ``training.weight_decay_mode``)."""
+        from .umup_rules import learning_rate_multipliers
+
+        readout = str(self.ops.get("readout_constraint", "none"))
+        rates = learning_rate_multipliers(table, layers, optimiser, readout)
+        for row in table:
+            row.learning_rate_multiplier = rates[row.path]
+            row.weight_decay_multiplier = 1.0

@@ -1,4 +1,4 @@
-"""u-mup's learning-rate rules for Adam(W), by parameter role and depth (issue 14).
+"""u-mup's learning-rate rules for Adam(W) and SGD, by parameter role and depth (issue 14).
 
 From the u-mup paper's section E and the PyTorch library's ``scaled_parameters``
 (``../shared/reference/wave2-facts.md`` section 2), with L the number of *layers* of the trunk
@@ -15,9 +15,15 @@ the parameter sits inside a residual block (its table row has a ``depth``):
 
 Fan-in is the one the layer declared (never guessed from a kernel's shape: a Keras ``(in,
 out)`` kernel, a conv ``(k, in/groups, out)`` kernel and scmm's attention kernels all differ
-from PyTorch's layout). With u-mup's unconstrained readout the library's SGD rule is this same
-table; its variant for a ``to_output_scale`` readout is not implemented here yet. Not yet used
-by a scheme: the u-mup scheme of issue 14 will assign these.
+from PyTorch's layout).
+
+SGD, as the library defines it: with u-mup's unconstrained readout every gradient is unit, so
+the Adam table applies unchanged. With the ``to_output_scale`` readout (scmm's
+``readout_constraint: forward``), the trunk's gradients are smaller by the readout's tied
+scale, and the table is: weight ``fan_in^1/2``, bias / gain / offset ``width`` (the library's
+``shape[0]`` of a 1-D vector; scmm uses the last axis, so the RNN's (2, hidden) gate bias
+gets hidden, not 2), embedding ``d^1/2`` (the library treats it as a weight of fan-in d),
+readout 1, each times ``L^-1/2`` in a branch.
 """
 
 import math
@@ -49,9 +55,35 @@ def adam_learning_rate_multiplier(row: Parameter, layers: int) -> float:
     raise ValueError(f"parameter {row.path!r} has role {row.role!r}, which u-mup has no rule for")
 
 
-def adam_learning_rate_multipliers(table: ParameterTable, layers: int) -> dict[str, float]:
-    """``{path: multiplier}`` for every row of ``table`` (checked before anything is used)."""
-    multipliers = {row.path: adam_learning_rate_multiplier(row, layers) for row in table}
+def sgd_output_scale_multiplier(row: Parameter, layers: int) -> float:
+    """The library's SGD multiplier with the ``to_output_scale`` readout (module docstring)."""
+    adam = adam_learning_rate_multiplier(row, layers)  # validates the row and layers
+    depth_factor = layers**-0.5 if row.depth is not None else 1.0
+    if row.role == "weight":
+        assert row.fan_in is not None
+        return row.fan_in**0.5 * depth_factor
+    if row.role in _VECTOR_ROLES:
+        return row.shape[-1] * depth_factor
+    if row.role == "embedding":
+        return row.shape[-1] ** 0.5
+    return adam  # readout: 1
+
+
+def learning_rate_multipliers(
+    table: ParameterTable, layers: int, optimiser: str = "adamw", readout_constraint: str = "none"
+) -> dict[str, float]:
+    """``{path: multiplier}`` for every row of ``table`` (checked before anything is used).
+
+    optimiser: "adamw" or "sgdm"; readout_constraint: "none" (u-mup's default) or "forward".
+    """
+    if optimiser not in ("adamw", "sgdm"):
+        raise ValueError(f"u-mup has learning-rate rules for adamw|sgdm, got {optimiser!r}")
+    if readout_constraint not in ("none", "forward"):
+        raise ValueError(f"readout_constraint must be none|forward, got {readout_constraint!r}")
+    rule = adam_learning_rate_multiplier
+    if optimiser == "sgdm" and readout_constraint == "forward":
+        rule = sgd_output_scale_multiplier
+    multipliers = {row.path: rule(row, layers) for row in table}
     bad = [path for path, value in multipliers.items() if not math.isfinite(value)]
     if bad:
         raise ValueError(f"non-finite u-mup learning-rate multipliers for {bad[:5]}")

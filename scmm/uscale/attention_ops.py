@@ -132,8 +132,11 @@ def causal_attention(
     pos_keys: tf.Tensor,
     query_chunk: int = 64,
     scale: float = 1.0,
+    temperature: Optional[float] = None,
 ) -> tf.Tensor:
-    """scale * softmax((q k^T + rel(q p^T)) / sqrt(hs) + causal mask) v -> (b, s, heads, hs).
+    """scale * softmax((q k^T + rel(q p^T)) t + causal mask) v -> (b, s, heads, hs).
+
+    t is ``temperature``: 1 / sqrt(hs) by default (the char-LM models), mult / hs under u-mup.
 
     q, k, v: (b, heads, s, hs). pos_keys: (heads, s, hs) for distances s-1 ... 0 (as from
     ``positional_keys`` on the reversed sinusoid embedding). Scores, mask (-3e4) and
@@ -175,5 +178,5 @@ def causal_attention(
             stop, dtype
         )
 
-    out = causal_relative_attention(q, k, v, pos_keys, query_chunk, contract, mix)
+    out = causal_relative_attention(q, k, v, pos_keys, query_chunk, contract, mix, temperature)
     return scaling(out, forward=scale) if scale != 1.0 else out

@@ -9,6 +9,7 @@ consistent pair.
 import math
 from typing import Callable
 
+import numpy as np
 import tensorflow as tf
 
 from .scaling import Constraint, constrain, scaling, static_size
@@ -39,9 +40,42 @@ def relu(x: tf.Tensor, constraint: Constraint = "gmean") -> tf.Tensor:
     return _elementwise(tf.nn.relu, x, RELU_SCALES, constraint)
 
 
-def gelu(x: tf.Tensor, constraint: Constraint = "gmean") -> tf.Tensor:
-    """Scaled exact (erf) GELU. Ideal: out 1.701, grad 1.481. gmean 1.587, as in the paper."""
-    return _elementwise(lambda t: tf.nn.gelu(t, approximate=False), x, GELU_SCALES, constraint)
+def gelu(x: tf.Tensor, constraint: Constraint = "gmean", mult: float = 1.0) -> tf.Tensor:
+    """Scaled exact (erf) GELU of ``mult`` x, divided by ``mult`` (u-mup's alpha_ffn-act).
+
+    mult 1: ideal out 1.701, grad 1.481, gmean 1.587, as in the paper. Other mults: the ideal
+    scales of gelu(mult x) / mult computed exactly (``gelu_scales``), not the PyTorch
+    library's log-interpolated fit.
+    """
+    if mult == 1.0:
+        return _elementwise(lambda t: tf.nn.gelu(t, approximate=False), x, GELU_SCALES, constraint)
+
+    def tempered(t: tf.Tensor) -> tf.Tensor:
+        return tf.nn.gelu(t * tf.cast(mult, t.dtype), approximate=False) / tf.cast(mult, t.dtype)
+
+    return _elementwise(tempered, x, gelu_scales(mult), constraint)
+
+
+def gelu_scales(mult: float) -> tuple[float, float]:
+    """(1 / std(f(x)), 1 / rms(f'(x))) of f(x) = gelu(mult x) / mult for x ~ N(0, 1).
+
+    Gauss-Hermite quadrature with 200 nodes: f and f' are smooth, so this is exact to float
+    precision (at mult 1 it gives 1.7009 and 1.4811, the paper's table). f' rms is the std of
+    f'(x) g for an independent unit gradient g.
+    """
+    if not (math.isfinite(mult) and mult > 0):
+        raise ValueError(f"gelu mult must be a finite number > 0, got {mult!r}")
+    nodes, weights = np.polynomial.hermite_e.hermegauss(200)
+    weights = weights / weights.sum()  # expectation under N(0, 1)
+    z = mult * nodes
+    cdf = 0.5 * (1.0 + np.vectorize(math.erf)(z / math.sqrt(2.0)))
+    pdf = np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+    value = z * cdf / mult
+    slope = cdf + z * pdf  # d/dx gelu(mult x) / mult = gelu'(mult x)
+    mean = float(np.sum(weights * value))
+    std = math.sqrt(float(np.sum(weights * value * value)) - mean * mean)
+    rms = math.sqrt(float(np.sum(weights * slope * slope)))
+    return 1.0 / std, 1.0 / rms
 
 
 def tanh(x: tf.Tensor, constraint: Constraint = "gmean") -> tf.Tensor:
@@ -73,7 +107,7 @@ def softmax(x: tf.Tensor, axis: int = -1) -> tf.Tensor:
 
 
 def softmax_cross_entropy(
-    logits: tf.Tensor, targets: tf.Tensor, mask: tf.Tensor
+    logits: tf.Tensor, targets: tf.Tensor, mask: tf.Tensor, mult: float = 1.0
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """(masked mean cross-entropy, token count), both float32, from logits (..., s).
 
@@ -85,11 +119,21 @@ def softmax_cross_entropy(
     and the 1/count of the mean is undone (``scaling(backward=count)``, as if the loss were a
     sum over tokens). The logits' gradient std is then ~1 at every scored position, whatever
     the batch size. Unscored positions get exactly zero.
+
+    ``mult`` (u-mup's alpha_loss-softmax) is a softmax temperature: the loss is that of
+    ``mult * logits``, and the backward scale is divided by ``mult`` so the logits' gradient
+    stays ~1 (exact for near-uniform predictions, as at u-mup's initialisation).
     """
     classes = static_size(logits.shape[-1:], "softmax_cross_entropy logits")
     if classes < 2:
         raise ValueError(f"softmax_cross_entropy needs >= 2 classes, got {classes}")
-    logits32 = scaling(tf.cast(logits, tf.float32), backward=classes / math.sqrt(classes - 1))
+    if not (math.isfinite(mult) and mult > 0):
+        raise ValueError(f"cross-entropy mult must be a finite number > 0, got {mult!r}")
+    logits32 = scaling(
+        tf.cast(logits, tf.float32), backward=classes / math.sqrt(classes - 1) / mult
+    )
+    if mult != 1.0:
+        logits32 = logits32 * mult
     per_token = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits32)
     weights = tf.cast(mask, tf.float32)
     total = tf.reduce_sum(per_token * weights)

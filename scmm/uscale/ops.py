@@ -82,6 +82,30 @@ def projection(x: tf.Tensor, weight: tf.Tensor, constraint: Constraint = "gmean"
     return weight_contraction(x, weight, _tensordot, scales, rows**-0.5)
 
 
+def readout(x: tf.Tensor, weight: tf.Tensor, constraint: Optional[Constraint] = None) -> tf.Tensor:
+    """u-mup's readout x (..., m) @ weight (m, n): forward 1/m, x-gradient n^-1/2.
+
+    The output layer of mu-P: with a unit-initialised weight the logits start at std m^-1/2
+    and shrink with width, while an Adam update of the weight moves them by Theta(1) (the
+    update is aligned with x, so its m terms add up). The backward scale n^-1/2 makes x's
+    gradient unit for a unit logits gradient, *unconstrained* (None): x is on a non-cut edge,
+    so every gradient upstream is the true one times the same constant m^-1/2 n^1/2, which
+    Adam does not see (the u-mup library's default). "forward" ties both to 1/m (the
+    library's ``to_output_scale``: true gradients, small by m^-1/2 n^1/2, and its own SGD
+    rule). Weight-gradient scale rows^-1/2, as in ``projection``.
+    """
+    m = static_size(x.shape[-1:], "readout input")
+    if weight.shape[0] != m:
+        raise ValueError(f"readout: x has {m} features but weight is {weight.shape}")
+    n = static_size(weight.shape[1:], "readout weight")
+    rows = static_size(x.shape[:-1], "readout input")
+    if constraint is None:
+        scales = (1.0 / m, n**-0.5)
+    else:
+        scales = constrain(1.0 / m, n**-0.5, constraint)
+    return weight_contraction(x, weight, _tensordot, scales, rows**-0.5)
+
+
 def matmul(a: tf.Tensor, b: tf.Tensor, constraint: Constraint = "gmean") -> tf.Tensor:
     """a (..., m, k) @ b (..., k, n) for two activations (both edges non-cut).
 

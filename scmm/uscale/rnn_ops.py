@@ -8,6 +8,8 @@ baseline's function. The gates themselves stay plain tanh / sigmoid. They are ga
 activations to rescale: the state update s + g (h - s) needs g in (0, 1) and h in (-1, 1).
 """
 
+from typing import Optional
+
 import tensorflow as tf
 
 from .. import precision
@@ -63,10 +65,11 @@ def recurrent_highway(
     x: tf.Tensor,
     input_kernel: tf.Tensor,
     recurrent_kernel: tf.Tensor,
-    bias: tf.Tensor,
+    bias: Optional[tf.Tensor],
     rebias: float = 1.0,
 ) -> tf.Tensor:
-    """RHN states (b, s, h) from x (b, s, in), kernels (in, 2, h) / (h, 2, h), bias (2, h).
+    """RHN states (b, s, h) from x (b, s, in), kernels (in, 2, h) / (h, 2, h), bias (2, h)
+    or None (no learned gate bias: u-mup's default).
 
     The same cell as the plain op set (``scmm.layers.RecurrentHighway``):
     h_t = tanh(pre_0), g_t = sigmoid(pre_1 - rebias), s_t = s_{t-1} + g_t (h_t - s_{t-1}).
@@ -82,6 +85,9 @@ def recurrent_highway(
     x = precision.operand(x, "activation")
     gates_in = precision.output(tf.einsum("bsh,hgk->sbgk", x, w))  # (s, b, 2, h)
     shift = tf.constant([[0.0], [rebias]], dtype)  # (2, 1)
-    bias_t = scaling(as_compute(bias, dtype), backward=rows**-0.5 * BIAS_GRAD_FACTOR)
-    gates_in = gates_in + (bias_t - shift)
+    if bias is None:
+        gates_in = gates_in - shift
+    else:
+        bias_t = scaling(as_compute(bias, dtype), backward=rows**-0.5 * BIAS_GRAD_FACTOR)
+        gates_in = gates_in + (bias_t - shift)
     return highway_scan(gates_in, r) * tf.cast(RHN_OUTPUT_SCALE, dtype)  # (b, s, h)
