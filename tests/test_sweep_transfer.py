@@ -20,6 +20,7 @@ from scmm.sweeps.definition import (
     axis_labels,
     definition_from_dict,
     expand,
+    load_definition,
 )
 from scmm.sweeps.index import SweepIndex, TrialRecord
 from scmm.sweeps.results import summarise
@@ -274,3 +275,52 @@ def test_the_transfer_figure_has_a_panel_per_scheme_and_a_curve_per_width(
 def test_axis_labels_keep_the_definitions_order() -> None:
     definition = definition_from_dict(transfer_definition(), "t")
     assert axis_labels(definition) == {"scheme": ["regular", "unit"], "width": ["32", "64"]}
+
+
+# -- the presets ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, axis, values",
+    [("umup-transfer-small", "width", [64, 128, 256]), ("umup-depth-small", "depth", [2, 4, 8])],
+)
+def test_the_transfer_presets_expand_to_their_grids(
+    name: str, axis: str, values: list[int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    definition = load_definition(name)
+    assert definition.transfer_axis == axis and definition.repeats == 1
+    configs = {c.key: c for c in expand(definition)}  # every one validated
+    assert sorted(configs) == sorted(
+        f"scheme={s},{axis}={v}" for s in ("regular", "umup") for v in values
+    )
+    grids = {"regular": (2**-11, 7), "umup": (2**-3, 5)}
+    for config in configs.values():
+        settings, search = config.settings, config.lr_search
+        model, training = settings["model"], settings["training"]
+        scheme = config.labels["scheme"]
+        assert search is not None and search.mode == "grid" and search.factor == 2
+        assert (search.start, search.max_points) == grids[scheme]
+        assert model["scaling"]["type"] == scheme
+        assert model["residual"]["weighting"] == ("plain" if scheme == "umup" else "mean")
+        value = int(config.labels[axis])
+        width, depth = (value, 2) if axis == "width" else (64, value)
+        assert (model["hidden_size"], model["depth"]) == (width, depth)
+        # Heads fixed, head size width / heads.
+        assert (model["sequence"]["heads"], model["sequence"]["head_size"]) == (2, width // 2)
+        assert model["sequence"]["type"] == "attention" and model["dtype"] == "float32"
+        assert (training["steps"], training["valid_interval"]) == (400, 400)
+        assert settings["data"]["path"] is None  # the embedded corpus unless --data.path
+    assert sweep_cli.main([name, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("LR grid 2^-11.00 .. 2^-5.00 x2 (7 points)") == 3
+    assert out.count("LR grid 2^-3.00 .. 2^1.00 x2 (5 points)") == 3
+    assert "6 configurations; 36 trials\n" in out
+
+
+def test_a_transfer_preset_takes_another_corpus_on_the_command_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configs = expand(load_definition("umup-transfer-small"), {"data.path": "elsewhere"})
+    assert {c.settings["data"]["path"] for c in configs} == {"elsewhere"}
+    assert sweep_cli.main(["umup-transfer-small", "--dry-run", "--data.path", "nowhere"]) == 0
+    assert "note:" in capsys.readouterr().err  # the missing folder is named, nothing runs

@@ -322,8 +322,8 @@ def transfer_figure(panels: Sequence[Panel], axis: str, title: str) -> Figure:
     for number in range(count, rows * columns):
         grid[number // columns][number % columns].set_visible(False)
     figure.suptitle(
-        f"{title}: validation BPC against learning rate, a curve per {axis}"
-        " (star: best; ^ off the scale, x diverged, drawn at the top)",
+        f"{title}\nvalidation BPC against log2 learning rate, a curve per {axis}\n"
+        "star: best; ^ off the scale, x diverged (both drawn at the top)",
         fontsize=9,
     )
     return figure
