@@ -71,7 +71,7 @@ class Parameter:  # pylint: disable=too-many-instance-attributes
 class ParameterTable:
     """Rows by variable path, in the model's trainable-weight order."""
 
-    def __init__(self, rows: Iterable[Parameter], depth: int = 0):
+    def __init__(self, rows: Iterable[Parameter], depth: int = 0, layers: Optional[int] = None):
         self._rows: dict[str, Parameter] = {}
         for row in rows:
             if row.path in self._rows:
@@ -79,6 +79,9 @@ class ParameterTable:
             self._rows[row.path] = row
         self.depth = depth
         """Residual blocks in the trunk (the depth positions run 1..depth)."""
+        self.layers = depth if layers is None else layers
+        """Layers of the trunk, each a sequence-mixer block and (usually) a token-mixer block:
+        the L of u-mup's depth rules (the PyTorch library's depth counts transformer layers)."""
 
     def __iter__(self) -> Iterator[Parameter]:
         return iter(self._rows.values())

@@ -125,3 +125,9 @@ def as_float64(x: Any) -> np.ndarray:
     if isinstance(x, (tf.Tensor, tf.Variable)) or hasattr(x, "numpy"):
         x = tf.cast(tf.convert_to_tensor(x), tf.float32).numpy()
     return np.asarray(x, dtype=np.float64)
+
+
+def present(variable: Optional[Any]) -> Any:
+    """A layer's optional weight (a bias, a norm's gain), which the test needs to exist."""
+    assert variable is not None
+    return variable

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import as_float64
+from conftest import as_float64, present
 
 from scmm.layers import (
     FFN,
@@ -125,6 +125,7 @@ def _mixer(kind: str) -> keras.layers.Layer:
     layer.build(None)
     if kind != "rnn":  # non-zero biases so nothing is trivially zero
         bias = layer.output_bias if kind.startswith("attention") else layer.bias
+        assert bias is not None
         bias.assign(np.random.default_rng(1).normal(0, 0.1, bias.shape).astype(np.float32))
     return layer
 
@@ -275,8 +276,8 @@ def test_layer_norm_16bit_large_inputs(
     layer = LayerNorm(64, dtype=dtype)
     layer.build(None)
     gamma, beta = rng.uniform(0.5, 1.5, 64), rng.normal(0, 0.5, 64)
-    layer.gamma.assign(gamma)
-    layer.beta.assign(beta)
+    present(layer.gamma).assign(gamma)
+    present(layer.beta).assign(beta)
     x = tf.cast(tf.constant(offset + spread * rng.normal(size=(4, 7, 64))), dtype)
     assert float(tf.reduce_max(tf.abs(tf.cast(x, tf.float32)))) > 1e4
     y = layer(x)
@@ -293,8 +294,8 @@ def test_layer_norm_float32_matches_reference() -> None:
     rng = np.random.default_rng(1)
     layer = LayerNorm(16, epsilon=1e-3)
     layer.build(None)
-    layer.gamma.assign(rng.normal(size=16).astype(np.float32))
-    layer.beta.assign(rng.normal(size=16).astype(np.float32))
+    present(layer.gamma).assign(rng.normal(size=16).astype(np.float32))
+    present(layer.beta).assign(rng.normal(size=16).astype(np.float32))
     x = rng.normal(size=(3, 5, 16)).astype(np.float32) * 0.05  # eps matters at this scale
     expected = np_layer_norm(x, as_float64(layer.gamma), as_float64(layer.beta), eps=1e-3)
     np.testing.assert_allclose(layer(tf.constant(x)).numpy(), expected, rtol=1e-5, atol=1e-5)
@@ -309,7 +310,7 @@ def test_causal_conv_matches_grouped_loop() -> None:
     rng = np.random.default_rng(0)
     layer = CausalConv(hidden, kernel_size, groups, seed=1)
     layer.build(None)
-    layer.bias.assign(rng.normal(size=hidden).astype(np.float32))
+    present(layer.bias).assign(rng.normal(size=hidden).astype(np.float32))
     kernel, bias = as_float64(layer.kernel), as_float64(layer.bias)
     x = rng.normal(size=(2, seq, hidden)).astype(np.float32)
     group_size = hidden // groups
@@ -334,7 +335,7 @@ def test_recurrent_highway_matches_loop() -> None:
     rng = np.random.default_rng(0)
     layer = RecurrentHighway(hidden, rebias=1.5, seed=2)
     layer.build(None)
-    layer.bias.assign(rng.normal(0, 0.5, (2, hidden)).astype(np.float32))
+    present(layer.bias).assign(rng.normal(0, 0.5, (2, hidden)).astype(np.float32))
     w, r, b = (as_float64(v) for v in (layer.input_kernel, layer.recurrent_kernel, layer.bias))
     x = rng.normal(size=(3, seq, hidden)).astype(np.float32)
     state = np.zeros((3, hidden))

@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import present
+
 from scmm import uscale
 from scmm.layers import Attention, LayerNorm, RecurrentHighway, sinusoid_embedding
 from scmm.models.model import masked_cross_entropy
@@ -324,8 +326,8 @@ def test_layer_norm_matches_baseline_and_scales_parameter_grads() -> None:
     gain, bias = normal(rng, 512) * 0.1 + 1.0, normal(rng, 512) * 0.1
     baseline = LayerNorm(512)
     baseline.build(None)
-    baseline.gamma.assign(gain)
-    baseline.beta.assign(bias)
+    present(baseline.gamma).assign(gain)
+    present(baseline.beta).assign(bias)
     y, (dx, dgain, dbias) = value_and_grads(uscale.layer_norm, [x, gain, bias], g)
     with tf.GradientTape() as tape:
         tape.watch(x)
@@ -511,7 +513,7 @@ def test_recurrent_highway_matches_baseline() -> None:
     layer.build(None)
     layer.input_kernel.assign(w_in * scale)
     layer.recurrent_kernel.assign(w_rec * scale)
-    layer.bias.assign(bias)
+    present(layer.bias).assign(bias)
     y, (dx, dw_in, dw_rec, dbias) = value_and_grads(
         uscale.recurrent_highway, [x, w_in, w_rec, bias], g
     )

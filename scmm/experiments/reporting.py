@@ -89,6 +89,7 @@ def parameters_record(
     return {
         "scheme": scheme,
         "depth": table.depth,
+        "layers": table.layers,
         "weight_decay_mode": weight_decay_mode,
         "parameters": rows,
     }

@@ -68,6 +68,8 @@ def build(settings: ExperimentSettings, out_dir: str, resume: bool, resume_from:
     execution = Execution(settings.execution)
     with execution.scope():
         model = CharLM(settings.model)  # the scheme comes with the model
+        # The scheme's learning-rate rules for the run's optimiser (u-mup's differ for SGD).
+        model.scheme.assign_multipliers(model.parameters, settings.training.optimiser.kind)
         trainer = Trainer(
             model,
             settings.training,

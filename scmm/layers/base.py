@@ -2,9 +2,10 @@
 
 A layer is written once. Its arithmetic comes from the op set named by ``ops`` ("plain" for
 regular models, "unit" for unit-scaled ones, a dict for u-mup's with its multipliers;
-``scmm.ops``), which also sets the initial std of its weights. Each variable is created by ``add_parameter`` with its role and fan-in (what the
-per-parameter table in ``scmm.parameters`` records), and its random initialiser is seeded by
-``seed`` and the variable's index, so weights never depend on creation order.
+``scmm.ops``), which also sets the initial std of its weights. Each variable is created by
+``add_parameter`` with its role and fan-in (what the per-parameter table in
+``scmm.parameters`` records), and its random initialiser is seeded by ``seed`` and the
+variable's index, so weights never depend on creation order.
 """
 
 from typing import Any, Literal, Optional

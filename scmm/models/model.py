@@ -154,8 +154,8 @@ class CharLM(keras.Model):
                     depth=depth_of.get(id(variable)),
                 )
             )
-        table = ParameterTable(rows, depth=len(self.blocks))
-        self.scheme.assign_multipliers(table, layers=self.settings.depth)
+        table = ParameterTable(rows, depth=len(self.blocks), layers=self.settings.depth)
+        self.scheme.assign_multipliers(table)  # for Adam; a run re-assigns for its optimiser
         return table
 
     # Forward pass ---------------------------------------------------------------------------

@@ -76,8 +76,9 @@ class UmupOps(UnitOps):
         self.readout_constraint = readout_constraint
 
     def readout(self, x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
-        constraint = None if self.readout_constraint == "none" else "forward"
-        return uscale.readout(x, kernel, constraint)
+        if self.readout_constraint == "none":
+            return uscale.readout(x, kernel)
+        return uscale.readout(x, kernel, "forward")
 
     def ffn_activation(self, x: tf.Tensor, kind: str) -> tf.Tensor:
         if kind == "gelu":

@@ -13,7 +13,6 @@ import keras
 
 from ..parameters import ParameterTable
 
-OptimiserKind = Literal["adamw", "sgdm"]
 BranchKind = Literal["sequence", "token"]
 
 
@@ -54,15 +53,12 @@ class Scheme:
         """tau of every residual block, in trunk order (``branches``: each block's mixer kind)."""
         return [self.residual_tau(weighting, alpha, index) for index in range(1, len(branches) + 1)]
 
-    def assign_multipliers(
-        self, table: ParameterTable, layers: int = 1, optimiser: OptimiserKind = "adamw"
-    ) -> None:
+    def assign_multipliers(self, table: ParameterTable, optimiser: str = "adamw") -> None:
         """Set each row's learning-rate and weight-decay multipliers (here: all 1).
 
-        ``layers``: the trunk's layers (each a sequence and a token block); ``optimiser``: the
-        update rule the multipliers are for (u-mup's differ for SGD).
+        ``optimiser``: the update rule the multipliers are for (u-mup's differ for SGD).
         """
-        del layers, optimiser
+        del optimiser
         for row in table:
             row.learning_rate_multiplier = 1.0
             row.weight_decay_multiplier = 1.0
@@ -104,13 +100,11 @@ class UnitScheme(Scheme):
             )
         return super().residual_tau(weighting, alpha, index)
 
-    def assign_multipliers(
-        self, table: ParameterTable, layers: int = 1, optimiser: OptimiserKind = "adamw"
-    ) -> None:
+    def assign_multipliers(self, table: ParameterTable, optimiser: str = "adamw") -> None:
         """Parameters with one axis (biases, gains, offsets, the shift's padding) train at
         learning rate / sqrt(size), as in the paper's code; everything else at 1. The rule is
         the paper's, by shape: the RNN's (2, hidden) bias counts as a matrix."""
-        super().assign_multipliers(table, layers, optimiser)
+        super().assign_multipliers(table, optimiser)
         for row in table:
             if len(row.shape) == 1:
                 row.learning_rate_multiplier = 1 / math.sqrt(row.shape[0])
@@ -164,23 +158,24 @@ class UmupScheme(Scheme):
         self, weighting: str, alpha: float, branches: Sequence[BranchKind]
     ) -> list[Optional[float]]:
         """u-mup's rule over every branch (``umup_residual``); sequence mixers play the part of
-        attention, token mixers that of the FFN. ``weighting`` / ``alpha`` are not used (the
-        settings refuse anything but the default)."""
+        attention, token mixers that of the FFN. ``weighting`` / ``alpha`` are not used: at
+        residual_mult = ratio = 1 the rule is a running mean with the embedding counted as
+        half the branches, so "mean" (and the default) read as it, and the settings refuse
+        "fixed"."""
         from .umup_residual import residual_taus
 
         del weighting, alpha
         kinds = ["attention" if kind == "sequence" else "ffn" for kind in branches]
         return list(residual_taus(kinds, self.residual_mult, self.residual_attn_ratio))
 
-    def assign_multipliers(
-        self, table: ParameterTable, layers: int = 1, optimiser: OptimiserKind = "adamw"
-    ) -> None:
-        """u-mup's rules by role and depth (``umup_rules``); weight decay multipliers 1 (the
-        decay itself is set by ``training.weight_decay_mode``)."""
+    def assign_multipliers(self, table: ParameterTable, optimiser: str = "adamw") -> None:
+        """u-mup's rules by role and depth (``umup_rules``, L = ``table.layers``); weight decay
+        multipliers 1 (the decay itself is set by ``training.weight_decay_mode``)."""
         from .umup_rules import learning_rate_multipliers
 
+        assert isinstance(self.ops, dict)
         readout = str(self.ops.get("readout_constraint", "none"))
-        rates = learning_rate_multipliers(table, layers, optimiser, readout)
+        rates = learning_rate_multipliers(table, table.layers, optimiser, readout)
         for row in table:
             row.learning_rate_multiplier = rates[row.path]
             row.weight_decay_multiplier = 1.0

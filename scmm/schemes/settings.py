@@ -140,12 +140,12 @@ class UmupScalingSettings(ScalingSettings):  # pylint: disable=too-many-instance
                 "model.scaling.readout_constraint must be none|forward, got"
                 f" {self.readout_constraint!r}"
             )
-        if residual_weighting != "plain":
+        if residual_weighting == "fixed":
             raise ValueError(
-                f"model.residual.weighting={residual_weighting!r} is not used by"
-                " model.scaling.type=umup: its residual rule sets every branch's tau from"
-                " model.scaling.residual_mult and residual_attn_ratio. Leave the weighting at"
-                " its default ('plain')"
+                "model.residual.weighting='fixed' does not fit model.scaling.type=umup: its"
+                " residual rule sets every branch's tau from model.scaling.residual_mult and"
+                " residual_attn_ratio (a running mean at 1, 1). Use weighting mean (or the"
+                " default), which umup reads as its rule"
             )
         if residual_norm == "post":
             raise ValueError(

@@ -7,7 +7,7 @@ consistent pair.
 """
 
 import math
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -40,14 +40,15 @@ def relu(x: tf.Tensor, constraint: Constraint = "gmean") -> tf.Tensor:
     return _elementwise(tf.nn.relu, x, RELU_SCALES, constraint)
 
 
-def gelu(x: tf.Tensor, constraint: Constraint = "gmean", mult: float = 1.0) -> tf.Tensor:
-    """Scaled exact (erf) GELU of ``mult`` x, divided by ``mult`` (u-mup's alpha_ffn-act).
+def gelu(x: tf.Tensor, constraint: Constraint = "gmean", mult: Optional[float] = None) -> tf.Tensor:
+    """Scaled exact (erf) GELU; with ``mult``, of ``mult`` x divided by ``mult`` (u-mup's
+    alpha_ffn-act).
 
-    mult 1: ideal out 1.701, grad 1.481, gmean 1.587, as in the paper. Other mults: the ideal
-    scales of gelu(mult x) / mult computed exactly (``gelu_scales``), not the PyTorch
-    library's log-interpolated fit.
+    No mult: ideal out 1.701, grad 1.481 (the paper's table), gmean 1.587, as in the paper. A
+    mult (1 included): the ideal scales of gelu(mult x) / mult computed exactly
+    (``gelu_scales``), not the PyTorch library's log-interpolated fit.
     """
-    if mult == 1.0:
+    if mult is None:
         return _elementwise(lambda t: tf.nn.gelu(t, approximate=False), x, GELU_SCALES, constraint)
 
     def tempered(t: tf.Tensor) -> tf.Tensor:
