@@ -301,7 +301,7 @@ def test_the_transfer_presets_expand_to_their_grids(
         assert search is not None and search.mode == "grid" and search.factor == 2
         assert (search.start, search.max_points) == grids[scheme]
         assert model["scaling"]["type"] == scheme
-        assert model["residual"]["weighting"] == ("plain" if scheme == "umup" else "mean")
+        assert model["residual"]["weighting"] == "mean"  # umup: read as its residual rule
         value = int(config.labels[axis])
         width, depth = (value, 2) if axis == "width" else (64, value)
         assert (model["hidden_size"], model["depth"]) == (width, depth)

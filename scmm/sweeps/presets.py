@@ -32,8 +32,8 @@
 - ``umup-transfer-small``: learning-rate transfer across width, the muTransfer plot (issue 14).
   paper-table-small's reduced attention model (depth 2, 400 steps, the LR halving twice, batch
   8 x 256 characters, FP32, 1 repeat) at widths 64, 128 and 256 with 2 heads of width / 2;
-  regular (standard parametrisation, the paper's running-mean residuals) and u-mup (plain
-  residuals, as its residual rule needs), each on a fixed LR grid x2 per point (``lr_search``
+  regular (standard parametrisation, the paper's running-mean residuals) and u-mup (its own
+  residual rule, which the running-mean setting reads as), each on a fixed LR grid x2 per point (``lr_search``
   ``mode: grid``): regular 2^-11 .. 2^-5, u-mup 2^-3 .. 2^1, 36 trials. Besides the usual
   outputs it writes ``transfer.md`` (best LR and BPC per width and scheme, the optimum's shift
   from width 64 to 256 in grid steps, width 256's BPC at width 64's best LR minus its own best,
@@ -136,8 +136,9 @@ _TRANSFER_OVERRIDES: dict[str, Any] = {
 # 2.734 / 2.628 / 3.081 / 3.905 at 2^-11 / -10 / -9 / -7 -- and u-mup's stayed at 2^-1 -- width
 # 64: 3.349 / 2.779 / 3.291 at 2^-3 / -1 / 1; 256: 3.116 / 2.542 / 3.398. So each grid keeps at
 # least one rate on either side of every pilot optimum (two on regular width 64's high side,
-# not placed to better than x4 by paper-table-small). regular keeps the paper's running-mean
-# residuals; u-mup needs plain ones (its residual rule sets every branch's tau).
+# not placed to better than x4 by paper-table-small). Both keep the paper's running-mean
+# residual setting, which u-mup reads as its own rule (the pilots set weighting plain, which
+# it reads the same way: scmm.schemes.scheme.UmupScheme).
 _TRANSFER_SCHEMES: dict[str, Any] = {
     "regular": {
         "model.scaling.type": "regular",
@@ -146,7 +147,6 @@ _TRANSFER_SCHEMES: dict[str, Any] = {
     },
     "umup": {
         "model.scaling.type": "umup",
-        "model.residual.weighting": "plain",
         "lr_search.start": 2**-3,
         "lr_search.max_points": 5,
     },
