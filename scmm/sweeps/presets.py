@@ -33,8 +33,8 @@
   paper-table-small's reduced attention model (depth 2, 400 steps, the LR halving twice, batch
   8 x 256 characters, FP32, 1 repeat) at widths 64, 128 and 256 with 2 heads of width / 2;
   regular (standard parametrisation, the paper's running-mean residuals) and u-mup (its own
-  residual rule, which the running-mean setting reads as), each on a fixed LR grid x2 per point (``lr_search``
-  ``mode: grid``): regular 2^-11 .. 2^-5, u-mup 2^-3 .. 2^1, 36 trials. Besides the usual
+  residual rule, which the running-mean setting reads as), each on a fixed LR grid x2 per
+  point (``lr_search`` ``mode: grid``): regular 2^-11 .. 2^-5, u-mup 2^-3 .. 2^1, 36 trials. Besides the usual
   outputs it writes ``transfer.md`` (best LR and BPC per width and scheme, the optimum's shift
   from width 64 to 256 in grid steps, width 256's BPC at width 64's best LR minus its own best,
   both schemes at width 256) and ``transfer.png`` (validation BPC against log2 LR, a curve per
