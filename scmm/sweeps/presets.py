@@ -30,21 +30,22 @@
 - ``uscale-small``: the four paper models reduced to run on a 2-core CPU, FP32, regular vs
   unit-scaled, each at its best LR of a short search (the unit-scaling issue's quality check).
 - ``umup-transfer-small``: learning-rate transfer across width, the muTransfer plot (issue 14).
-  paper-table-small's reduced attention model (depth 2, 400 steps, the LR halving twice, batch
-  8 x 256 characters, FP32, 1 repeat) at widths 64, 128 and 256 with 2 heads of width / 2;
-  regular (standard parametrisation, the paper's running-mean residuals) and u-mup (its own
-  residual rule, which the running-mean setting reads as), each on a fixed LR grid x2 per
-  point (``lr_search`` ``mode: grid``): regular 2^-11 .. 2^-5, u-mup 2^-3 .. 2^1, 36 trials. Besides the usual
-  outputs it writes ``transfer.md`` (best LR and BPC per width and scheme, the optimum's shift
-  from width 64 to 256 in grid steps, width 256's BPC at width 64's best LR minus its own best,
-  both schemes at width 256) and ``transfer.png`` (validation BPC against log2 LR, a curve per
-  width, a panel per scheme; ``scmm.sweeps.transfer``). Measured with 1 thread per trial and
-  2 at once (the sweep's ``--workers 2``): width 64 / 128 / 256 trials take 47 / 96 / 197 s on
-  an otherwise idle 2-core CPU, so 12 LR points x 340 s / 2 workers ~ 34 minutes plus the last
-  trial's tail, ~37 minutes; while other work shared the CPU, trials took 1.3-2.9x longer
-  (about an hour). The grids were placed by pilots on the embedded corpus (numbers beside
-  them below), one step or more beyond every optimum found; on other text (``--data.path``)
-  check ``transfer.md``'s "interior" column (larger splits also make each evaluation longer).
+  paper-table-small's reduced attention model (depth 2, 400 steps, the LR halving twice, batch 8
+  x 256 characters, FP32, 1 repeat) at widths 64, 128 and 256 with 2 heads of width / 2; regular
+  (standard parametrisation, the paper's running-mean residuals) and u-mup (its own residual
+  rule, which the running-mean setting reads as), each on a fixed LR grid x2 per point
+  (``lr_search`` ``mode: grid``): regular 2^-11 .. 2^-5, u-mup 2^-3 .. 2^1, 36 trials. Besides
+  the usual outputs it writes ``transfer.md`` (best LR and BPC per width and scheme, the
+  optimum's shift from width 64 to 256 in grid steps, width 256's BPC at width 64's best LR
+  minus its own best, both schemes at width 256) and ``transfer.png`` (validation BPC against
+  log2 LR, a curve per width, a panel per scheme; ``scmm.sweeps.transfer``). Measured with 1
+  thread per trial and 2 at once (the sweep's ``--workers 2``): width 64 / 128 / 256 trials take
+  47 / 96 / 197 s on an otherwise idle 2-core CPU, so 12 LR points x 340 s / 2 workers ~ 34
+  minutes plus the last trial's tail, ~37 minutes. While other work shared the CPU (load average
+  3.5-6.7), trials took 1.3-2.9x longer (width 256: 1.3-1.9x), which would make it ~60-70
+  minutes. The grids were placed by pilots on the embedded corpus (numbers beside them below),
+  one step or more beyond every optimum found; on other text (``--data.path``) check
+  ``transfer.md``'s "interior" column (larger splits also make each evaluation longer).
 - ``umup-depth-small``: the same schemes, grids and model at width 64 (2 heads x 32) with depth
   2, 4 and 8 (``transfer_axis: depth``), 36 trials. Depth 4 and 8 trials were timed only while
   other work loaded the CPU (load average 3.5-5 on 2 cores): 281-426 s and 332-615 s, XLA
