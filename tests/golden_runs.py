@@ -22,7 +22,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GOLDEN_PATH = REPO_ROOT / "tests" / "golden" / "refactor.json"
@@ -158,14 +158,21 @@ def _captured_stdout() -> Iterator[io.StringIO]:
         sys.stdout = previous
 
 
-def sweep_expansions() -> dict[str, Any]:
-    """Every sweep preset: its --dry-run listing and each configuration's settings tree."""
-    from scmm.sweeps import cli as sweep_cli
+def sweep_names() -> list[str]:
+    """Every sweep preset's name, sorted."""
     from scmm.sweeps import presets
+
+    return sorted(presets.SWEEPS)
+
+
+def sweep_expansions(names: Optional[list[str]] = None) -> dict[str, Any]:
+    """Sweep presets (default: every one): the --dry-run listing and each configuration's
+    settings tree."""
+    from scmm.sweeps import cli as sweep_cli
     from scmm.sweeps.definition import expand, load_definition
 
     result: dict[str, Any] = {}
-    for name in sorted(presets.SWEEPS):
+    for name in sweep_names() if names is None else names:
         with _captured_stdout() as listing:
             code = sweep_cli.main([name, "--dry-run"])
         assert code == 0, name

@@ -10,11 +10,11 @@ settings that moved translated to their new place.
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 
-from golden_runs import GOLDEN_PATH, case_names, run_case, sweep_expansions
+from golden_runs import GOLDEN_PATH, case_names, run_case, sweep_expansions, sweep_names
 
 from scmm.experiments.settings import migrate
 
@@ -54,8 +54,12 @@ def test_golden_covers_every_case(golden: dict[str, Any]) -> None:
     assert sorted(golden["cases"]) == sorted(case_names())
 
 
+# Sweep presets added after the golden file was recorded (no refactor to check them against).
+ADDED_SWEEPS = ("umup-depth-small", "umup-transfer-small")
+
+
 def test_sweep_expansions_are_unchanged(golden: dict[str, Any]) -> None:
-    now = sweep_expansions()
+    now = sweep_expansions([n for n in sweep_names() if n not in ADDED_SWEEPS])
     assert sorted(now) == sorted(golden["sweeps"])
     for sweep, expected in golden["sweeps"].items():
         assert now[sweep]["dry_run"] == expected["dry_run"], sweep
@@ -66,7 +70,15 @@ def test_sweep_expansions_are_unchanged(golden: dict[str, Any]) -> None:
             # The golden trees spell the scheme as unit_scale and weight storage under
             # training: migrate them (and nothing else) to today's spelling.
             assert configurations[key]["settings"] == migrate_full(old["settings"]), (sweep, key)
-            assert configurations[key]["lr_search"] == old["lr_search"], (sweep, key)
+            assert configurations[key]["lr_search"] == migrate_search(old["lr_search"]), (
+                sweep,
+                key,
+            )
+
+
+def migrate_search(search: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+    """An old LR search with the fields added since (the mode: search, the old behaviour)."""
+    return None if search is None else {"mode": "search", **search}
 
 
 def migrate_full(tree: dict[str, Any]) -> dict[str, Any]:

@@ -57,29 +57,44 @@ def describe(definition: SweepDefinition, configurations: Sequence[Configuration
     """The dry-run listing: every configuration, its LR search and the trial counts."""
     lines = [f"sweep {definition.name}: {definition.description}".rstrip(": ")]
     most = 0
+    first = 0
     for number, config in enumerate(configurations, 1):
         search = config.lr_search
         if search is None:
             rate = config.settings["training"]["optimiser"]["learning_rate"]
             plan = f"lr 2^{math.log2(rate):.2f}"
             most += definition.repeats
+            first += definition.repeats
+        elif search.mode == "grid":
+            last = search.start * search.factor ** (search.max_points - 1)
+            plan = (
+                f"LR grid 2^{math.log2(search.start):.2f} .. 2^{math.log2(last):.2f}"
+                f" x{search.factor:g} ({search.max_points} points)"
+            )
+            most += definition.repeats * search.max_points
+            first += definition.repeats * search.max_points
         else:
             plan = (
                 f"LR search from 2^{math.log2(search.start):.2f} x{search.factor:g},"
                 f" stop at best+{search.threshold:g}, <= {search.max_points} points"
             )
             most += definition.repeats * search.max_points
+            first += definition.repeats
         training = config.settings["training"]
         lines.append(
             f"{number:3d}. {config.key}: {plan}, {definition.repeats} repeat(s),"
             f" {training['steps']} steps, dtype {config.settings['model']['dtype']},"
             f" loss scale {training['loss_scale']:g}"
         )
-    first = len(configurations) * definition.repeats
-    lines.append(
-        f"{len(configurations)} configurations; {first} trials at the first LR point,"
-        f" at most {most} in all"
-    )
+    if first == most:  # grids and fixed rates only: the count is exact
+        lines.append(f"{len(configurations)} configurations; {most} trials")
+    else:
+        start = "trials at the first LR point (every point of a grid)"
+        if all(c.lr_search is None or c.lr_search.mode == "search" for c in configurations):
+            start = "trials at the first LR point"
+        lines.append(
+            f"{len(configurations)} configurations; {first} {start}, at most {most} in all"
+        )
     return "\n".join(lines)
 
 

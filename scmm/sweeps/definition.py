@@ -14,6 +14,8 @@ A sweep file (YAML or JSON) or preset looks like::
       - {model: conv, training.optimiser.learning_rate: "0.01"}
     repeats: 3                    # runs per configuration (per LR when searching), seeds seed+k
     lr_search: {start: 0.0001, factor: 2, threshold: 0.1, max_points: 12}
+    # or a fixed grid, every point run: {mode: grid, start: 0.0001, factor: 2, max_points: 6}
+    transfer_axis: width          # optional: also write transfer.md/.png along this axis
 
 Inside an axis value, keys starting ``lr_search.`` set that configuration's search (the paper
 starts regular models at 2^-14 and unit-scaled ones at 2^-8). Every configuration's settings
@@ -33,7 +35,7 @@ import dataclasses
 import itertools
 import math
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 from ..experiments.decoding import SettingsError, decode
 from ..experiments.overrides import (
@@ -48,19 +50,26 @@ from ..experiments.settings import from_dict, to_dict
 
 @dataclasses.dataclass
 class LrSearch:
-    """The paper's learning-rate search (unit-scaling-demo ``LrSweep(step=2, threshold=0.1)``).
+    """The paper's learning-rate search (unit-scaling-demo ``LrSweep(step=2, threshold=0.1)``),
+    or a fixed grid.
 
-    Start at ``start``, multiply by ``factor`` after each point; every point runs the sweep's
-    ``repeats`` and scores the median validation BPC; stop going up once a point is worse than
-    the best by more than ``threshold`` (or diverges). If the best point is the first one, the
-    search also walks down from ``start`` by the same rule, so the optimum is never at an edge
-    unless ``max_points`` ran out.
+    ``mode: search``: start at ``start``, multiply by ``factor`` after each point; every point
+    runs the sweep's ``repeats`` and scores the median validation BPC; stop going up once a
+    point is worse than the best by more than ``threshold`` (or diverges). If the best point is
+    the first one, the search also walks down from ``start`` by the same rule, so the optimum is
+    never at an edge unless ``max_points`` ran out.
+
+    ``mode: grid``: exactly ``max_points`` points, ``start * factor**k`` for k = 0 ..
+    max_points - 1, every one run whatever the others scored (``threshold`` is unused): the
+    fixed learning-rate axis of a transfer plot, where every curve must cover the same rates.
     """
 
     start: float = 2**-10
     factor: float = 2.0
     threshold: float = 0.1
     max_points: int = 12
+    """search: the most points tried; grid: the grid's size."""
+    mode: Literal["search", "grid"] = "search"
 
     def validate(self, where: str) -> None:
         """Raise SettingsError naming the bad field."""
@@ -93,6 +102,10 @@ class SweepDefinition:
     lr_search: Optional[LrSearch] = None
     table_rows: list[str] = dataclasses.field(default_factory=list)
     """Axes that index table.md's rows (default: the first axis); the others are columns."""
+    transfer_axis: str = ""
+    """An axis (e.g. width) along which learning-rate transfer is reported: transfer.md and
+    transfer.png, a panel per combination of the other axes (``scmm.sweeps.transfer``). "":
+    none."""
     description: str = ""
 
     def validate(self, source: str) -> None:
@@ -153,6 +166,14 @@ def load_definition(name_or_file: str) -> SweepDefinition:
     return definition_from_dict(read_yaml_or_json(name_or_file, "sweep file"), name_or_file)
 
 
+def axis_labels(definition: SweepDefinition) -> dict[str, list[str]]:
+    """Each axis's value labels, in the order the definition lists them."""
+    return {
+        name: [label for label, _ in _axis_values(name, spec)]
+        for name, spec in definition.axes.items()
+    }
+
+
 def _axis_values(name: str, spec: Any) -> list[tuple[str, dict[str, Any]]]:
     """[(label, {path: value})] of one axis, from either the mapping or the list shorthand."""
     if isinstance(spec, list):
@@ -198,6 +219,11 @@ def expand(
     unknown_rows = sorted(set(definition.table_rows) - axis_names)
     if unknown_rows:
         raise SettingsError(f"table_rows names unknown axes {unknown_rows}")
+    if definition.transfer_axis and definition.transfer_axis not in axis_names:
+        raise SettingsError(
+            f"transfer_axis names unknown axis {definition.transfer_axis!r}"
+            f" (axes: {', '.join(name for name, _ in axes) or 'none'})"
+        )
     for condition in definition.filters:
         if not isinstance(condition, dict) or not condition:
             raise SettingsError(f"a filter must be a non-empty mapping, got {condition!r}")

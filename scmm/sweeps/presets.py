@@ -29,6 +29,28 @@
   dynamic scaling, unit-scaled) and bfloat16, regular and unit-scaled, 2 repeats per LR.
 - ``uscale-small``: the four paper models reduced to run on a 2-core CPU, FP32, regular vs
   unit-scaled, each at its best LR of a short search (the unit-scaling issue's quality check).
+- ``umup-transfer-small``: learning-rate transfer across width, the muTransfer plot (issue 14).
+  paper-table-small's reduced attention model (depth 2, 400 steps, the LR halving twice, batch 8
+  x 256 characters, FP32, 1 repeat) at widths 64, 128 and 256 with 2 heads of width / 2; regular
+  (standard parametrisation, the paper's running-mean residuals) and u-mup (its own residual
+  rule, which the running-mean setting reads as), each on a fixed LR grid x2 per point
+  (``lr_search`` ``mode: grid``): regular 2^-11 .. 2^-5, u-mup 2^-3 .. 2^1, 36 trials. Besides
+  the usual outputs it writes ``transfer.md`` (best LR and BPC per width and scheme, the
+  optimum's shift from width 64 to 256 in grid steps, width 256's BPC at width 64's best LR
+  minus its own best, both schemes at width 256) and ``transfer.png`` (validation BPC against
+  log2 LR, a curve per width, a panel per scheme; ``scmm.sweeps.transfer``). Measured with 1
+  thread per trial and 2 at once (the sweep's ``--workers 2``): width 64 / 128 / 256 trials take
+  47 / 96 / 197 s on an otherwise idle 2-core CPU, so 12 LR points x 340 s / 2 workers ~ 34
+  minutes plus the last trial's tail, ~37 minutes. While other work shared the CPU (load average
+  3.5-6.7), trials took 1.3-2.9x longer (width 256: 1.3-1.9x), which would make it ~60-70
+  minutes. The grids were placed by pilots on the embedded corpus (numbers beside them below),
+  one step or more beyond every optimum found; on other text (``--data.path``) check
+  ``transfer.md``'s "interior" column (larger splits also make each evaluation longer).
+- ``umup-depth-small``: the same schemes, grids and model at width 64 (2 heads x 32) with depth
+  2, 4 and 8 (``transfer_axis: depth``), 36 trials. Depth 4 and 8 trials were timed only while
+  other work loaded the CPU (load average 3.5-5 on 2 cores): 281-426 s and 332-615 s, XLA
+  compilation alone 72-244 s. Scaled by depth from the idle depth-2 trial (47 s), an estimated
+  ~90 and ~170 s idle: 12 x ~310 s / 2 workers ~ 31 minutes plus the tail, ~35 (an estimate).
 - ``smoke``: two tiny configurations and a two-point LR search, for tests.
 """
 
@@ -97,6 +119,38 @@ _SMALL_ROWS: dict[str, Any] = {
         "attention": {"preset": "paper-attention", "model.sequence.head_size": 32},
     },
     "norm": _NORMS,
+}
+
+# umup-transfer-small and umup-depth-small (module docstring): paper-table-small's model with
+# its heads fixed at 2 (head_size = width / 2), at every width and depth of the transfer axes.
+_TRANSFER_HEADS = 2
+_TRANSFER_WIDTHS = (64, 128, 256)
+_TRANSFER_DEPTHS = (2, 4, 8)
+_TRANSFER_OVERRIDES: dict[str, Any] = {
+    **_SMALL_OVERRIDES,
+    "model.sequence.heads": _TRANSFER_HEADS,
+    "model.sequence.head_size": 64 // _TRANSFER_HEADS,
+}
+# The LR grids, x2 per point: regular 2^-11 .. 2^-5, u-mup 2^-3 .. 2^1. Placed by pilots (400
+# steps, embedded corpus, 1 thread, validation BPC): regular's best moved down a step or more
+# per doubling -- width 64: 2.721 at 2^-7; 128: 2.877 / 2.727 / 2.849 at 2^-10 / -9 / -8; 256:
+# 2.734 / 2.628 / 3.081 / 3.905 at 2^-11 / -10 / -9 / -7 -- and u-mup's stayed at 2^-1 -- width
+# 64: 3.349 / 2.779 / 3.291 at 2^-3 / -1 / 1; 256: 3.116 / 2.542 / 3.398. So each grid keeps at
+# least one rate on either side of every pilot optimum (two on regular width 64's high side,
+# not placed to better than x4 by paper-table-small). Both keep the paper's running-mean
+# residual setting, which u-mup reads as its own rule (the pilots set weighting plain, which
+# it reads the same way: scmm.schemes.scheme.UmupScheme).
+_TRANSFER_SCHEMES: dict[str, Any] = {
+    "regular": {
+        "model.scaling.type": "regular",
+        "lr_search.start": 2**-11,
+        "lr_search.max_points": 7,
+    },
+    "umup": {
+        "model.scaling.type": "umup",
+        "lr_search.start": 2**-3,
+        "lr_search.max_points": 5,
+    },
 }
 
 SWEEPS: dict[str, dict[str, Any]] = {
@@ -202,6 +256,45 @@ SWEEPS: dict[str, dict[str, Any]] = {
         "repeats": 2,
         "lr_search": {"factor": 4.0, "threshold": 0.1, "max_points": 4},
         "table_rows": ["variant"],
+    },
+    "umup-transfer-small": {
+        "description": (
+            "Learning-rate transfer across width (64, 128, 256): regular (standard"
+            " parametrisation) and u-mup on an LR grid, paper-table-small's attention model"
+            " (~40 minutes on a 2-core CPU)."
+        ),
+        "base": "paper-attention",
+        "overrides": _TRANSFER_OVERRIDES,
+        "axes": {
+            "scheme": _TRANSFER_SCHEMES,
+            "width": {
+                str(width): {
+                    "model.hidden_size": width,
+                    "model.sequence.head_size": width // _TRANSFER_HEADS,
+                }
+                for width in _TRANSFER_WIDTHS
+            },
+        },
+        "repeats": 1,
+        "lr_search": {"mode": "grid", "factor": 2.0},
+        "table_rows": ["width"],
+        "transfer_axis": "width",
+    },
+    "umup-depth-small": {
+        "description": (
+            "Learning-rate transfer across depth (2, 4, 8 layers at width 64): regular and"
+            " u-mup on umup-transfer-small's LR grid and model."
+        ),
+        "base": "paper-attention",
+        "overrides": _TRANSFER_OVERRIDES,
+        "axes": {
+            "scheme": _TRANSFER_SCHEMES,
+            "depth": {str(depth): {"model.depth": depth} for depth in _TRANSFER_DEPTHS},
+        },
+        "repeats": 1,
+        "lr_search": {"mode": "grid", "factor": 2.0},
+        "table_rows": ["depth"],
+        "transfer_axis": "depth",
     },
     "uscale-small": {
         "description": "Paper models at reduced scale, FP32, regular vs unit-scaled, LR search.",

@@ -1,5 +1,6 @@
 """Runs a sweep: schedules trials (with per-configuration LR searches), records every state
-change in ``sweep.jsonl``, resumes, and writes ``results.csv``, ``table.md``, ``lr_sweep.png``.
+change in ``sweep.jsonl``, resumes, and writes ``results.csv``, ``table.md``, ``lr_sweep.png``
+(and the rest of ``report.write_outputs``).
 """
 
 import concurrent.futures
@@ -22,13 +23,13 @@ from ..exit_codes import (
 )
 from ..experiments.settings import SettingsError
 from ..folder_lock import FolderLock
-from ..io import atomic_open, write_json
-from . import results as results_module
+from ..io import write_json
 from .definition import Configuration, LrSearch, SweepDefinition
 from .executors import TrialOutcome, TrialSpec
 from .index import SweepIndex, TrialRecord
+from .report import write_outputs
 from .trial_folder import move_aside
-from .search import learning_rate, next_point, point_score
+from .search import learning_rate, point_score, points_to_run
 
 
 class Executor(Protocol):
@@ -155,13 +156,18 @@ class Sweep:
         repeats = self.definition.repeats
         scores: dict[int, float] = {}
         search = config.lr_search or LrSearch(max_points=1)
-        point = next_point(search, scores)
-        while point is not None:
-            records = [self._record(config, point, r) for r in range(repeats)]
-            if not all(r.done for r in records):
-                return [r for r in records if not r.done], False
-            scores[point] = point_score([_value(r.valid_bpc) for r in records])
-            point = next_point(search, scores)
+        points = points_to_run(search, scores)
+        while points:
+            todo: list[TrialRecord] = []
+            for point in points:
+                records = [self._record(config, point, r) for r in range(repeats)]
+                if all(r.done for r in records):
+                    scores[point] = point_score([_value(r.valid_bpc) for r in records])
+                else:
+                    todo.extend(r for r in records if not r.done)
+            if todo:
+                return todo, False
+            points = points_to_run(search, scores)
         return [], True
 
     def run(self, executor: Executor, progress: bool = True) -> int:
@@ -305,33 +311,15 @@ class Sweep:
     # -- outputs -------------------------------------------------------------------------------
 
     def write_results(self) -> None:
-        """results.csv, table.md and lr_sweep.png from every trial recorded so far."""
-        records = list(self.index)
-        out = self.options.out_dir
-        results_module.write_csv(os.path.join(out, "results.csv"), records)
-        summary = results_module.summarise(records)
-        if not summary:
-            return
-        axes = list(self.definition.axes)
-        rows = self.definition.table_rows or axes[:1]
-        columns = [a for a in axes if a not in rows]
-        table = results_module.table_markdown(summary, rows, columns, self.definition.name)
-        if self.failed_configs:
-            table += "\nStopped after repeated crashes: " + ", ".join(sorted(self.failed_configs))
-            table += "\n"
-        for config, error in sorted(self.invalid_configs.items()):
-            table += f"\nStopped by a configuration error: {config}: {error}\n"
-        write_text(os.path.join(out, "table.md"), table)
-        results_module.plot_lr_sweep(os.path.join(out, "lr_sweep.png"), records, rows)
-        results_module.plot_loss_curves(
-            os.path.join(out, "loss_curves.png"), records, summary, self.definition.name
+        """results.csv, table.md, the figures (and a transfer report) from every trial
+        recorded so far (``report.write_outputs``)."""
+        write_outputs(
+            self.options.out_dir,
+            self.definition,
+            list(self.index),
+            sorted(self.failed_configs),
+            self.invalid_configs,
         )
-
-
-def write_text(path: str, text: str) -> None:
-    """Atomic text write."""
-    with atomic_open(path) as file:
-        file.write(text)
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

@@ -3,7 +3,8 @@
 Points are integer exponents k of ``lr = start * factor**k``; a point's score is the median
 validation BPC over its repeats (``inf`` when a repeat diverged and the median is infinite).
 Keeping the rule pure makes it testable on a fake objective and lets the scheduler resume
-from whatever ``sweep.jsonl`` already holds.
+from whatever ``sweep.jsonl`` already holds. A grid (``mode: grid``) is the degenerate rule:
+its points are known in advance, so all of them may run at once (``points_to_run``).
 """
 
 import math
@@ -30,8 +31,10 @@ def next_point(search: LrSearch, scores: Mapping[int, float]) -> Optional[int]:
     Upward: from 0, keep multiplying while the highest point is within ``threshold`` of the
     best (a diverged point is never within it). Then, only if the best point is the lowest
     one tried (the optimum is at the edge), walk downward until a point is worse than the best.
-    At most ``max_points`` points in all.
+    At most ``max_points`` points in all. A grid: its lowest point not yet scored.
     """
+    if search.mode == "grid":
+        return next((k for k in range(search.max_points) if k not in scores), None)
     if not scores:
         return 0
     if len(scores) >= search.max_points:
@@ -44,6 +47,15 @@ def next_point(search: LrSearch, scores: Mapping[int, float]) -> Optional[int]:
     if best_so_far == lowest and math.isfinite(best):
         return lowest - 1
     return None
+
+
+def points_to_run(search: LrSearch, scores: Mapping[int, float]) -> list[int]:
+    """Every point that may run now: a search's next one (each depends on the scores before
+    it), or all of a grid's points not yet scored."""
+    if search.mode == "grid":
+        return [k for k in range(search.max_points) if k not in scores]
+    point = next_point(search, scores)
+    return [] if point is None else [point]
 
 
 def best_point(scores: Mapping[int, float]) -> Optional[int]:
