@@ -324,3 +324,26 @@ def test_a_transfer_preset_takes_another_corpus_on_the_command_line(
     assert {c.settings["data"]["path"] for c in configs} == {"elsewhere"}
     assert sweep_cli.main(["umup-transfer-small", "--dry-run", "--data.path", "nowhere"]) == 0
     assert "note:" in capsys.readouterr().err  # the missing folder is named, nothing runs
+
+
+def test_the_umup_fp8_preset_compares_fp32_and_unscaled_fp8_on_one_grid() -> None:
+    definition = load_definition("umup-fp8-small")
+    configs = {c.key: c for c in expand(definition)}  # every one validated
+    assert sorted(configs) == ["format=float32", "format=fp8"] and definition.repeats == 2
+    precision = {key: c.settings["model"]["precision"] for key, c in configs.items()}
+    assert (precision["format=fp8"]["activations"], precision["format=fp8"]["weights"]) == (
+        "e4m3",
+        "e4m3",
+    )
+    assert precision["format=fp8"]["gradients"] == "e5m2"
+    assert precision["format=fp8"]["scaling"] == "none"  # no per-tensor scaling
+    assert precision["format=float32"]["activations"] == "float32"  # no rounding
+    for config in configs.values():
+        model, search = config.settings["model"], config.lr_search
+        assert model["scaling"]["type"] == "umup" and model["hidden_size"] == 64
+        assert config.settings["training"]["loss_scale"] == 1.0
+        assert search is not None and (search.mode, search.start, search.max_points) == (
+            "grid",
+            2**-2,
+            3,
+        )

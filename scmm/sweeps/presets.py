@@ -27,6 +27,9 @@
 - ``fp8-small``: the reduced attention model of ``paper-table-small`` in FP32, simulated FP8
   (E4M3 activations and weights, E5M2 gradients; regular naive, regular with per-tensor
   dynamic scaling, unit-scaled) and bfloat16, regular and unit-scaled, 2 repeats per LR.
+- ``umup-fp8-small``: u-mup on the reduced attention model (umup-transfer-small's width 64)
+  in FP32 and simulated FP8 without any per-tensor or loss scaling, on a 3-point LR grid
+  around its optimum, 2 repeats (issue 14's FP8 check: FP8 at FP32's best LR).
 - ``uscale-small``: the four paper models reduced to run on a 2-core CPU, FP32, regular vs
   unit-scaled, each at its best LR of a short search (the unit-scaling issue's quality check).
 - ``umup-transfer-small``: learning-rate transfer across width, the muTransfer plot (issue 14).
@@ -295,6 +298,21 @@ SWEEPS: dict[str, dict[str, Any]] = {
         "lr_search": {"mode": "grid", "factor": 2.0},
         "table_rows": ["depth"],
         "transfer_axis": "depth",
+    },
+    "umup-fp8-small": {
+        "description": (
+            "u-mup on umup-transfer-small's width-64 model (paper-table-small's attention model)"
+            " in FP32 and simulated FP8 (E4M3 activations and weights, E5M2 gradients; no"
+            " per-tensor or loss scaling) on u-mup's grid around its optimum, 2 repeats."
+        ),
+        "base": "paper-attention",
+        "overrides": {**_TRANSFER_OVERRIDES, "model.scaling.type": "umup"},
+        "axes": {"format": {"float32": {}, "fp8": _FP8}},
+        "repeats": 2,
+        # 2^-2, 2^-1, 2^0: the transfer pilots' optimum 2^-1 and a point either side.
+        "lr_search": {"mode": "grid", "factor": 2.0, "start": 2**-2, "max_points": 3},
+        "table_rows": ["format"],
+        "transfer_axis": "format",
     },
     "uscale-small": {
         "description": "Paper models at reduced scale, FP32, regular vs unit-scaled, LR search.",
