@@ -309,7 +309,7 @@ SWEEPS: dict[str, dict[str, Any]] = {
         "overrides": {**_TRANSFER_OVERRIDES, "model.scaling.type": "umup"},
         "axes": {"format": {"float32": {}, "fp8": _FP8}},
         "repeats": 2,
-        # 2^-2, 2^-1, 2^0: the transfer pilots' optimum 2^-1 and a point either side.
+X
         "lr_search": {"mode": "grid", "factor": 2.0, "start": 2**-2, "max_points": 3},
         "table_rows": ["format"],
         "transfer_axis": "format",
