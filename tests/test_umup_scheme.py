@@ -228,6 +228,7 @@ def test_a_umup_run_trains_states_every_rule_and_keeps_them_on_resume(tmp_path: 
     assert resumed["valid_bpc"] == final["valid_bpc"]
 
 
+@pytest.mark.slow  # 13 s: the default suite's budget; conv/rnn tables are checked above
 @pytest.mark.parametrize("kind", ["conv", "rnn"])
 def test_umup_conv_and_rnn_runs_train(tmp_path: Path, kind: str) -> None:
     out = tmp_path / kind
