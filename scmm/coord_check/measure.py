@@ -31,9 +31,9 @@ from ..analysis.coordinates import RunMeasurement
 from ..analysis.scales import capture_outputs
 from ..experiments.diagnostics import fixed_batch
 from ..experiments.settings import ExperimentSettings
+from ..experiments.setup import model_and_trainer
 from ..models import CharLM
-from ..pedal import Execution, split_seed
-from ..training import Trainer
+from ..pedal import Execution
 from ..training.trainer import NonFiniteError
 from .plan import Plan
 
@@ -74,22 +74,11 @@ def measure_model(
 ) -> RunMeasurement:
     """One width and model seed (``settings`` already at that width, vocab size set)."""
     assert settings.seed is not None
-    model_settings = dataclasses.replace(settings.model, seed=seed)
+    seeded = dataclasses.replace(settings, model=dataclasses.replace(settings.model, seed=seed))
     execution = Execution(settings.execution)
     with execution.scope():
-        model = CharLM(model_settings)
-        # As a run does: the scheme's learning-rate rules for this optimiser (u-mup's SGD
-        # rules differ from its Adam ones).
-        model.scheme.assign_multipliers(model.parameters, settings.training.optimiser.kind)
-        trainer = Trainer(
-            model,
-            settings.training,
-            execution,
-            model.parameters,
-            weights=model_settings.weights,
-            seed=split_seed(settings.seed, "rounding"),
-            vocab_size=None,  # no loss limit: a blow-up is what the check looks for
-        )
+        # As a run builds them; no loss limit: a blow-up is what the check looks for.
+        model, trainer = model_and_trainer(seeded, execution, loss_limit=False)
         if model.scheme.calibrates:
             model.scheme.calibrate(model, batches.calibration, model.parameters)
         tokens = tf.constant(batches.train["tokens"], tf.int32)  # (sequences, length)

@@ -40,6 +40,27 @@ def with_vocab_size(settings: ExperimentSettings, vocab: int) -> ExperimentSetti
     )
 
 
+def model_and_trainer(
+    settings: ExperimentSettings, execution: Execution, loss_limit: bool = True
+) -> tuple[CharLM, Trainer]:
+    """The model (its scheme's learning-rate rules set for the run's optimiser: u-mup's differ
+    for SGD) and its trainer; call inside ``execution.scope()``. ``loss_limit`` False turns
+    the loss-explosion limit (a multiple of ln V) off."""
+    assert settings.seed is not None
+    model = CharLM(settings.model)  # the scheme comes with the model
+    model.scheme.assign_multipliers(model.parameters, settings.training.optimiser.kind)
+    trainer = Trainer(
+        model,
+        settings.training,
+        execution,
+        model.parameters,
+        weights=settings.model.weights,
+        seed=split_seed(settings.seed, "rounding"),
+        vocab_size=settings.model.vocab_size if loss_limit else None,
+    )
+    return model, trainer
+
+
 @dataclasses.dataclass
 class RunParts:  # pylint: disable=too-many-instance-attributes
     """What a run is made of. ``ended``: the summary of a run that already finished or
@@ -67,18 +88,7 @@ def build(settings: ExperimentSettings, out_dir: str, resume: bool, resume_from:
     assert settings.seed is not None
     execution = Execution(settings.execution)
     with execution.scope():
-        model = CharLM(settings.model)  # the scheme comes with the model
-        # The scheme's learning-rate rules for the run's optimiser (u-mup's differ for SGD).
-        model.scheme.assign_multipliers(model.parameters, settings.training.optimiser.kind)
-        trainer = Trainer(
-            model,
-            settings.training,
-            execution,
-            model.parameters,
-            weights=settings.model.weights,
-            seed=split_seed(settings.seed, "rounding"),
-            vocab_size=settings.model.vocab_size,  # the loss-explosion limit is a multiple of ln V
-        )
+        model, trainer = model_and_trainer(settings, execution)
     stream = datasets.TrainBatchStream(
         dataset.splits["train"],
         settings.training.batch_sequences,
