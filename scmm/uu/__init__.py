@@ -1,0 +1,9 @@
+"""Drop-in unit-scaled Keras layers: replace ``keras.layers`` with ``scmm.uu``.
+
+Each class subclasses the Keras layer of the same name (see ``scmm.uu.base`` for the extra
+``scheme`` / ``constraint`` / ``precision`` arguments). The functional twins are ``scmm.U``.
+"""
+
+from .base import DEFAULT_CONSTRAINT, SCHEMES, UnitScaled
+
+__all__ = ["DEFAULT_CONSTRAINT", "SCHEMES", "UnitScaled"]
