@@ -14,7 +14,15 @@ from typing import Any, Optional
 
 import pytest
 
-from golden_runs import GOLDEN_PATH, case_names, run_case, sweep_expansions, sweep_names
+from golden_runs import (
+    GOLDEN_PATH,
+    MACHINES_DIR,
+    case_names,
+    machine_fingerprint,
+    run_case,
+    sweep_expansions,
+    sweep_names,
+)
 
 from scmm.experiments.settings import migrate
 
@@ -29,10 +37,50 @@ def golden() -> dict[str, Any]:
     return data
 
 
+def _machine_record(name: str) -> Optional[dict[str, Any]]:
+    path = MACHINES_DIR / f"{machine_fingerprint()}.json"
+    if not path.exists():
+        return None
+    with open(path, encoding="utf-8") as file:
+        record: Optional[dict[str, Any]] = json.load(file)["cases"].get(name)
+    return record
+
+
+def _close(got: Any, expected: Any) -> bool:
+    """Equal up to round-off grown over 20 steps (rel 1e-3: FP8 rounding turns 1-ulp kernel
+    differences into ~2e-4 in the eval losses), for machines without a record of their own."""
+    if isinstance(expected, dict):
+        return (
+            isinstance(got, dict)
+            and set(got) == set(expected)
+            and all(_close(got[k], v) for k, v in expected.items())
+        )
+    if isinstance(expected, list):
+        return (
+            isinstance(got, list)
+            and len(got) == len(expected)
+            and all(_close(g, e) for g, e in zip(got, expected))
+        )
+    if isinstance(expected, float):
+        return isinstance(got, (int, float)) and got == pytest.approx(expected, rel=1e-3, abs=1e-9)
+    return bool(got == expected)
+
+
 def _compare(name: str, golden: dict[str, Any], tmp_path: Path) -> None:
-    expected = golden["cases"][name]
+    """Bit-identical to this machine's record (or refactor.json's, recorded elsewhere).
+
+    On a machine with no record of its own whose results are not bit-identical to
+    refactor.json, every float must still be within rel 1e-3 (digests are then skipped).
+    """
     got = run_case(name, str(tmp_path / "run"))
+    machine = _machine_record(name)
+    expected = golden["cases"][name] if machine is None else machine
     assert set(got) == set(expected)
+    if machine is None and got != expected:
+        for key in expected:
+            if not key.endswith("_sha256"):
+                assert _close(got[key], expected[key]), f"{name}: {key} differs beyond round-off"
+        return
     for key in expected:
         assert got[key] == expected[key], f"{name}: {key} differs from the golden record"
 
