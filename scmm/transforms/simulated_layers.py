@@ -1,0 +1,159 @@
+"""Keras's matmul layers with simulated number formats (what ``simulate_fp8`` swaps in).
+
+Each class is its Keras base with the matmul operands rounded (``scmm.precision.operand``:
+activations and weights to the forward format) and the gradient arriving at the product rounded
+(``scmm.precision.output``: the backward format), inside the layer's own ``precision`` scope.
+Everything else is Keras's arithmetic, so with float32 formats the output is Keras's exactly.
+Unit-scaled models get the same rounding from the ``scmm.uu`` layers' ``precision`` argument.
+"""
+
+from typing import Any, Optional
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from .. import precision as hooks
+from ..uu.base import PrecisionLike, UnitScaled
+
+PACKAGE = "scmm.simulated"
+
+
+def _rounded_product(equation: Optional[str], x: tf.Tensor, w: tf.Tensor, role: str) -> tf.Tensor:
+    x, w = hooks.operand(x, "activation"), hooks.operand(w, role)
+    product = ops.matmul(x, w) if equation is None else ops.einsum(equation, x, w)
+    return hooks.output(product)
+
+
+class _Simulated(UnitScaled):
+    """The ``precision`` argument of a simulated layer (``UnitScaled`` minus the scaling)."""
+
+    simulates = ""
+    """The Keras class this one simulates (``unit_scale`` maps it to that class's twin)."""
+
+    def init_precision(self, precision: PrecisionLike) -> None:
+        """Store the formats (validated)."""
+        self.init_unit_scaling("unit", None, precision)
+
+    def precision_config(self) -> dict[str, Any]:
+        """The formats, for ``get_config``."""
+        return {"precision": self.unit_config()["precision"]}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SimulatedDense(_Simulated, keras.layers.Dense):
+    """``keras.layers.Dense`` with simulated formats on its matmul."""
+
+    simulates = "Dense"
+
+    def __init__(self, *args: Any, precision: PrecisionLike = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.init_precision(precision)
+
+    def call(self, inputs: tf.Tensor, training: Any = None) -> tf.Tensor:
+        del training
+        with self.precision_scope():
+            y = _rounded_product(None, inputs, self.kernel, "weight")  # (..., units)
+        if self.bias is not None:
+            y = ops.add(y, self.bias)
+        return self.activation(y) if self.activation is not None else y
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), **self.precision_config()}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SimulatedEinsumDense(_Simulated, keras.layers.EinsumDense):
+    """``keras.layers.EinsumDense`` with simulated formats on its einsum."""
+
+    simulates = "EinsumDense"
+
+    def __init__(self, *args: Any, precision: PrecisionLike = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.init_precision(precision)
+
+    def call(self, inputs: tf.Tensor, training: Any = None) -> tf.Tensor:
+        del training
+        with self.precision_scope():
+            y = _rounded_product(self.equation, inputs, self.kernel, "weight")
+        if self.bias is not None:
+            y = ops.add(y, self.bias)
+        return self.activation(y) if self.activation is not None else y
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), **self.precision_config()}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SimulatedConv1D(_Simulated, keras.layers.Conv1D):
+    """``keras.layers.Conv1D`` with simulated formats on its convolution."""
+
+    simulates = "Conv1D"
+
+    def __init__(self, *args: Any, precision: PrecisionLike = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.init_precision(precision)
+
+    def convolution_op(self, inputs: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+        with self.precision_scope():
+            x, w = hooks.operand(inputs, "activation"), hooks.operand(kernel, "weight")
+            return hooks.output(super().convolution_op(x, w))
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), **self.precision_config()}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SimulatedMultiHeadAttention(_Simulated, keras.layers.MultiHeadAttention):
+    """``keras.layers.MultiHeadAttention`` with simulated formats on its four projections and
+    both attention einsums (scores q.k and mixing probabilities.v, activation operands)."""
+
+    simulates = "MultiHeadAttention"
+
+    def __init__(self, *args: Any, precision: PrecisionLike = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.init_precision(precision)
+
+    def build(self, *args: Any, **kwargs: Any) -> None:
+        super().build(*args, **kwargs)
+        for dense in (self._query_dense, self._key_dense, self._value_dense, self._output_dense):
+            dense.__class__ = SimulatedEinsumDense
+            object.__setattr__(dense, "precision", self.precision)
+            object.__setattr__(dense, "_explicit_constraint", None)
+            object.__setattr__(dense, "scheme", "unit")
+            object.__setattr__(dense, "constraint", "gmean")
+
+    def _compute_attention(  # pylint: disable=too-many-arguments
+        self,
+        query: tf.Tensor,
+        key: tf.Tensor,
+        value: tf.Tensor,
+        attention_mask: Any = None,
+        training: Any = None,
+        return_attention_scores: bool = False,
+        use_causal_mask: bool = False,
+    ) -> tuple[tf.Tensor, Any]:
+        if use_causal_mask:
+            causal = self._compute_causal_mask(query, value)
+            attention_mask = (
+                causal
+                if attention_mask is None
+                else ops.logical_and(ops.cast(attention_mask, "bool"), causal)
+            )
+        query = ops.multiply(query, ops.cast(self._inverse_sqrt_key_dim, query.dtype))
+        with self.precision_scope():
+            scores = _rounded_product(self._dot_product_equation, key, query, "activation")
+            scores = self._masked_softmax(scores, attention_mask)  # (B, N, T, S)
+            if self._dropout > 0.0:
+                scores = self._dropout_layer(scores, training=training)
+            out = _rounded_product(self._combine_equation, scores, value, "activation")
+        return out, (scores if return_attention_scores else None)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), **self.precision_config()}
+
+
+SIMULATED = {
+    cls.simulates: cls
+    for cls in (SimulatedDense, SimulatedEinsumDense, SimulatedConv1D, SimulatedMultiHeadAttention)
+}
