@@ -71,8 +71,10 @@ def rewrite(model: keras.Model, clone_function: CloneFn, call_function: CallFn) 
             new_to_original[id(new)] = old
         return outputs
 
+    # input_tensors must have model.input's structure (a tensor, a list or a dict).
+    structured = keras.tree.pack_sequence_as(model.input, new_inputs)
     return keras.models.clone_model(
-        model, input_tensors=new_inputs, clone_function=clone, call_function=call
+        model, input_tensors=structured, clone_function=clone, call_function=call
     )
 
 

@@ -20,6 +20,8 @@ PACKAGE = "scmm.simulated"
 
 
 def _rounded_product(equation: Optional[str], x: tf.Tensor, w: tf.Tensor, role: str) -> tf.Tensor:
+    # A Keras variable reads as a tensor (autocast to the compute dtype inside a layer call).
+    w = ops.cast(ops.convert_to_tensor(w), x.dtype)
     x, w = hooks.operand(x, "activation"), hooks.operand(w, role)
     product = ops.matmul(x, w) if equation is None else ops.einsum(equation, x, w)
     return hooks.output(product)
@@ -96,6 +98,7 @@ class SimulatedConv1D(_Simulated, keras.layers.Conv1D):
 
     def convolution_op(self, inputs: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
         with self.precision_scope():
+            kernel = ops.cast(ops.convert_to_tensor(kernel), inputs.dtype)
             x, w = hooks.operand(inputs, "activation"), hooks.operand(kernel, "weight")
             return hooks.output(super().convolution_op(x, w))
 
@@ -114,8 +117,9 @@ class SimulatedMultiHeadAttention(_Simulated, keras.layers.MultiHeadAttention):
         super().__init__(*args, **kwargs)
         self.init_precision(precision)
 
-    def build(self, *args: Any, **kwargs: Any) -> None:
-        super().build(*args, **kwargs)
+    # Keras passes shapes by the names in build's signature, so it must spell them out.
+    def build(self, query_shape: Any, value_shape: Any, key_shape: Any = None) -> None:
+        super().build(query_shape, value_shape, key_shape)
         for dense in (self._query_dense, self._key_dense, self._value_dense, self._output_dense):
             dense.__class__ = SimulatedEinsumDense
             object.__setattr__(dense, "precision", self.precision)
@@ -133,6 +137,13 @@ class SimulatedMultiHeadAttention(_Simulated, keras.layers.MultiHeadAttention):
         return_attention_scores: bool = False,
         use_causal_mask: bool = False,
     ) -> tuple[tf.Tensor, Any]:
+        with self.precision_scope():
+            simulating = hooks.current() is not None
+        if not simulating:  # Keras's own (possibly fused) path, bit for bit
+            return super()._compute_attention(
+                query, key, value, attention_mask, training, return_attention_scores,
+                use_causal_mask,
+            )
         if use_causal_mask:
             causal = self._compute_causal_mask(query, value)
             attention_mask = (

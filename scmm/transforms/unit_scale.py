@@ -231,6 +231,9 @@ def _op_call(site: CallSite, scheme: str, plan: _Plan, report: TransformReport) 
 
     name = type(site.original).__name__
     kind = _kind(site.original)
+    if all(_is_integer(t) for t in site.node.node.output_tensors):
+        report.add(Entry(site.node.name, kind, "scale-neutral", detail="integer values"))
+        return site.default()
     if name in OP_TWINS:
         function, option_names = OP_TWINS[name]
         constraint = "separate" if site.node.key in plan.after_last else None
@@ -239,6 +242,10 @@ def _op_call(site: CallSite, scheme: str, plan: _Plan, report: TransformReport) 
         return layer(*site.args, **site.kwargs)
     report.add(Entry(site.node.name, kind, "scale-neutral" if name in NEUTRAL_OPS else "unhandled"))
     return site.default()
+
+
+def _is_integer(tensor: Any) -> bool:
+    return str(tensor.dtype).startswith(("int", "uint", "bool"))
 
 
 def _kind(operation: Any) -> str:
