@@ -96,11 +96,30 @@ class SimulatedConv1D(_Simulated, keras.layers.Conv1D):
         super().__init__(*args, **kwargs)
         self.init_precision(precision)
 
-    def convolution_op(self, inputs: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:  # pylint: disable=arguments-differ
+        # Keras's Conv1D.call with the product's operands and output gradient rounded (it calls
+        # ops.conv itself, not convolution_op).
+        if self.data_format != "channels_last":
+            raise ValueError(f"SimulatedConv1D supports channels_last, got {self.data_format!r}")
+        padding = self.padding
+        if padding == "causal":
+            inputs = ops.pad(inputs, self._compute_causal_padding())
+            padding = "valid"
         with self.precision_scope():
-            kernel = ops.cast(ops.convert_to_tensor(kernel), inputs.dtype)
+            kernel = ops.cast(ops.convert_to_tensor(self.kernel), inputs.dtype)
             x, w = hooks.operand(inputs, "activation"), hooks.operand(kernel, "weight")
-            return hooks.output(super().convolution_op(x, w))
+            y = ops.conv(
+                x,
+                w,
+                strides=list(self.strides),
+                padding=padding,
+                dilation_rate=self.dilation_rate,
+                data_format=self.data_format,
+            )
+            y = hooks.output(y)  # (batch, steps, filters)
+        if self.use_bias:
+            y = ops.add(y, ops.reshape(self.bias, (1, 1, self.filters)))
+        return self.activation(y) if self.activation is not None else y
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), **self.precision_config()}
