@@ -66,6 +66,15 @@ class TransformReport:
         """Layers and ops swapped for a unit-scaled or simulated twin."""
         return self.with_status("replaced")
 
+    def branches(self) -> dict[str, int]:
+        """``{layer name: 1-based index of the residual branch holding it}`` (what
+        ``scmm.uu.parameter_table`` takes as ``branches`` for u-mup's depth rules)."""
+        found: dict[str, int] = {}
+        for residual in self.residual_adds:
+            for name in residual.branch:
+                found.setdefault(name, residual.index)
+        return found
+
     def warn_unhandled(self) -> None:
         """One warning naming every unhandled layer/op (nothing when there is none)."""
         if self.unhandled:
