@@ -349,3 +349,67 @@ def test_error_when_no_call_runs_eagerly() -> None:
     model(inputs(2))
     with pytest.raises(ValueError, match="no layer call .* ran eagerly"):
         analyse(model, inputs())
+
+
+def test_multi_output_compiled_model_and_its_metrics_untouched() -> None:
+    keras.utils.set_random_seed(3)
+    x = keras.Input((FEATURES,))
+    model = keras.Model(x, [keras.layers.Dense(2, name="a")(x), keras.layers.Dense(3, name="b")(x)])
+    model.compile(loss=["mse", "mse"], loss_weights=[1.0, 0.5])
+    data, targets = inputs(), [RNG.standard_normal((32, 2)), RNG.standard_normal((32, 3))]
+    report = analyse(model, data, targets)
+    assert [r.name for r in report.output_gradients] == ["loss/outputs[0]", "loss/outputs[1]"]
+    outputs = model(data)
+    expected = sum(
+        w * keras.losses.mean_squared_error(t, y).numpy().mean()
+        for w, t, y in zip([1.0, 0.5], targets, outputs)
+    )
+    np.testing.assert_allclose(report.objective_value, expected, rtol=1e-6)
+    # The compiled loss's trackers, built during the pass, are back at their initial state.
+    assert all(np.all(v.numpy() == 0) for v in model.metrics_variables)
+
+
+def test_nested_functional_ops_have_their_path() -> None:
+    keras.utils.set_random_seed(4)
+    inner_input = keras.Input((FEATURES,))
+    scaled = keras.ops.multiply(keras.layers.Dense(FEATURES, name="d")(inner_input), 2.0)
+    inner = keras.Model(inner_input, scaled, name="inner")
+    x = keras.Input((FEATURES,))
+    outer = keras.Model(x, keras.layers.Dense(1, name="h")(inner(x)))
+    report = analyse(outer, inputs())
+    assert_complete(report, ["inner/d", "inner/multiply", "h"])
+    np.testing.assert_allclose(
+        report.call("inner/multiply").output.std, 2 * report.call("inner/d").output.std, rtol=1e-6
+    )
+    assert not calls_shadowed(inner)
+
+
+class DirectBlock(Block):
+    """Computes with its sublayers' weights without calling them (as a tied readout does), and
+    holds a built sublayer it never uses."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.unused = keras.layers.Dense(3, name="unused")
+
+    def build(self, input_shape: Any) -> None:
+        for layer in (self.inner, self.outer, self.unused):
+            layer.build(input_shape)
+
+    def call(self, x: Any) -> Any:
+        hidden = keras.ops.tanh(keras.ops.matmul(x, self.inner.kernel))
+        return keras.ops.matmul(hidden, self.outer.kernel)
+
+
+def test_container_without_recorded_calls_inside_is_recorded_whole() -> None:
+    keras.utils.set_random_seed(5)
+    x = keras.Input((FEATURES,))
+    block = DirectBlock(name="direct")
+    model = keras.Model(x, keras.layers.Dense(1, name="h")(block(x)))
+    report = analyse(model, inputs())
+    assert_complete(report, ["direct", "h"])
+    assert report.call("direct").class_name == "DirectBlock"
+    assert report.call("direct").weights == ()  # its weights belong to inner and outer
+    kernel = report.weight(block.inner.kernel.path)
+    assert kernel.layer == "direct/inner" and kernel.gradient.std > 0
+    assert report.weight(block.unused.kernel.path).gradient.rms == 0  # unconnected: zero

@@ -1,9 +1,12 @@
 """Which calls a Keras model makes during one eager pass, and the output tensor of each.
 
 A *call site* is something whose ``call`` method is shadowed for the duration of the pass: every
-leaf layer (a layer without tracked sublayers; ``InputLayer`` excluded, it is never called),
-optionally every container layer too, and every non-layer Keras operation node of a Functional
-model (``keras.ops.add(h, x)`` between layers becomes an ``Add`` node that the model calls).
+sublayer (``InputLayer`` excluded, it is never called) and every non-layer Keras operation node
+of a Functional model (``keras.ops.add(h, x)`` between layers becomes an ``Add`` node that the
+model calls). Which calls are logged: every call of a leaf layer (no tracked sublayers) or an
+operation node; a container layer's call only when no call inside it was logged (its sublayers
+ran inside a ``tf.function``, or it has none that run: it is then a leaf in effect, and this
+avoids a hole in the record), or always with ``include_containers``.
 
 Shadowing: an instance attribute ``call`` that calls the original bound method and then
 ``tape.watch``-es the floating-point tensors it returned, so one ``tape.gradient`` call can give
@@ -11,7 +14,9 @@ the gradient arriving at every output. Keras' ``Operation.__call__`` looks ``sel
 the instance, so the attribute takes effect without touching any class; it is set with
 ``object.__setattr__`` (bypassing Keras' attribute tracking) and removed in a ``finally`` block.
 Only eager calls are logged: a layer called inside another layer's ``tf.function`` body is part
-of that layer. A quantized layer calls ``quantized_call`` instead and is not logged.
+of that layer. A Keras RNN layer runs its cell eagerly once per step: the cell's calls are
+logged (``lstm/lstm_cell``, ``lstm/lstm_cell#1``, ...), the RNN layer's own output only with
+``include_containers``. A quantized layer calls ``quantized_call`` instead and is not logged.
 """
 
 import contextlib
@@ -37,7 +42,7 @@ class CallSite:
 class LoggedCall:
     """One call of a call site: its floating-point output tensors (``tf.nest.flatten`` order)."""
 
-    name: str  # the path; ``path#k`` for the (k+1)-th call of the same site in one pass
+    name: str  # the path; ``path#k`` for the (k+1)-th logged call of the same site
     path: str
     call_index: int
     class_name: str
@@ -50,12 +55,8 @@ class LoggedCall:
         return [f"{self.name}[{i}]" for i in range(len(self.tensors))]
 
 
-def _is_container(layer: keras.layers.Layer) -> bool:
-    return bool(getattr(layer, "_layers", []))
-
-
-def call_sites(model: keras.layers.Layer, include_containers: bool = False) -> list[CallSite]:
-    """Leaf layers (and containers if asked), then Functional operation nodes; each once."""
+def call_sites(model: keras.layers.Layer) -> list[CallSite]:
+    """Every sublayer but input layers, then the Functional operation nodes; each once."""
     sites: list[CallSite] = []
     seen: set[int] = set()
 
@@ -66,9 +67,7 @@ def call_sites(model: keras.layers.Layer, include_containers: bool = False) -> l
 
     sublayers = layer_paths(model)
     for path, layer in sublayers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        if include_containers or not _is_container(layer):
+        if not isinstance(layer, keras.layers.InputLayer):
             add(path, layer)
     # Non-layer nodes of every Functional graph (the model's own and nested ones). Subclassed
     # models have no ``operations``; a Sequential's are all layers.
@@ -83,16 +82,20 @@ def call_sites(model: keras.layers.Layer, include_containers: bool = False) -> l
 _MISSING = object()
 
 
-def _logging_call(
+def _logging_call(  # pylint: disable=too-many-arguments
     site: CallSite,
     original: Callable[..., Any],
     tape: tf.GradientTape,
     log: list[LoggedCall],
     counts: dict[str, int],
+    include_containers: bool,
 ) -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Any:
+        logged_before = len(log)
         outputs = original(*args, **kwargs)
-        if tf.executing_eagerly():  # symbolic (traced) calls have no values to analyse
+        inner_logged = len(log) > logged_before
+        # Symbolic (traced) calls have no values to analyse.
+        if tf.executing_eagerly() and (include_containers or not inner_logged):
             index = counts.get(site.path, 0)
             counts[site.path] = index + 1
             tensors = tuple(
@@ -111,16 +114,19 @@ def _logging_call(
 
 
 @contextlib.contextmanager
-def logged_calls(sites: list[CallSite], tape: tf.GradientTape) -> Iterator[list[LoggedCall]]:
-    """Shadow each site's ``call`` while the block runs; yields the calls, in the order they
-    returned (a container's after its children's). Every shadow is removed on exit."""
+def logged_calls(
+    sites: list[CallSite], tape: tf.GradientTape, include_containers: bool = False
+) -> Iterator[list[LoggedCall]]:
+    """Shadow each site's ``call`` while the block runs; yields the logged calls (see the module
+    docstring), in the order they returned (a container's after its children's). Every shadow
+    is removed on exit."""
     log: list[LoggedCall] = []
     counts: dict[str, int] = {}
     saved: list[tuple[Any, Any]] = []
     try:
         for site in sites:
             saved.append((site.target, site.target.__dict__.get("call", _MISSING)))
-            shadow = _logging_call(site, site.target.call, tape, log, counts)
+            shadow = _logging_call(site, site.target.call, tape, log, counts, include_containers)
             object.__setattr__(site.target, "call", shadow)
         yield log
     finally:

@@ -49,6 +49,23 @@ def _check_finite(structure: Any, what: str) -> None:
             raise ValueError(f"{what}[{index}] holds {count} non-finite value(s) of {array.size}")
 
 
+def _model_state(model: keras.layers.Layer) -> dict[int, tuple[Any, tf.Tensor]]:
+    """Copies of every variable: weights, moving statistics, seed-generator and metric states
+    (a copy of the model's size: the price of leaving it exactly as it was)."""
+    variables = [*model.variables, *getattr(model, "metrics_variables", [])]
+    return {id(v): (v, tf.identity(v.value)) for v in variables}
+
+
+def _restore(model: keras.layers.Layer, saved: dict[int, tuple[Any, tf.Tensor]]) -> None:
+    """Assign the saved values back. Metrics created during the pass (a compiled loss builds
+    per-output loss trackers on its first call) are reset to their initial state first."""
+    for metric in getattr(model, "metrics", []):
+        if any(id(v) not in saved for v in metric.variables):
+            metric.reset_state()
+    for variable, value in saved.values():
+        variable.assign(value)
+
+
 def _weight_owners(model: keras.layers.Layer) -> dict[int, str]:
     """id(variable) -> path of the innermost layer whose trainable weights include it."""
     owners = {id(v): "" for v in model.trainable_weights}
@@ -133,8 +150,10 @@ def analyse(  # pylint: disable=too-many-arguments,too-many-locals
 ) -> ModelScales:
     """Scales of one eager forward + backward pass of ``model`` on ``inputs``.
 
-    Records, for every call of every leaf layer (and Functional operation node, e.g. an ``Add``
-    between layers; containers too with ``include_containers``), in call order: the output's
+    Records, for every call of every leaf layer and Functional operation node (e.g. an ``Add``
+    between layers), and of every container layer inside which no call was recorded (e.g. one
+    whose call is a ``tf.function``; every container with ``include_containers``), in call
+    order (``capture.py``): the output's
     statistics and those of the gradient arriving at it; for every trainable weight, its value
     and its gradient. The gradients are those of ``loss(targets, outputs)``, of the compiled
     loss when only ``targets`` are given, or, without targets, of a unit-normal probe: the
@@ -160,12 +179,11 @@ def analyse(  # pylint: disable=too-many-arguments,too-many-locals
     if not model.built:
         model(inputs, training=False)  # creates the weights without touching any state
 
-    sites = call_sites(model, include_containers)
-    variables = {id(v): v for v in [*model.variables, *getattr(model, "metrics_variables", [])]}
-    saved = [(v, tf.identity(v.value)) for v in variables.values()]
+    sites = call_sites(model)
+    saved = _model_state(model)
     try:
         with tf.GradientTape() as tape:
-            with logged_calls(sites, tape) as log:
+            with logged_calls(sites, tape, include_containers) as log:
                 outputs = model(inputs, training=training)
             output_tensors = float_leaves(outputs)
             for tensor in output_tensors:
@@ -177,13 +195,14 @@ def analyse(  # pylint: disable=too-many-arguments,too-many-locals
             {
                 "calls": [t for call in log for t in call.tensors],
                 "outputs": output_tensors,
-                "weights": weights,
+                # The backing tf.Variables: an unconnected Keras variable, whose dtype is a
+                # string, breaks UnconnectedGradients.ZERO.
+                "weights": [w.value for w in weights],
             },
             unconnected_gradients=tf.UnconnectedGradients.ZERO,
         )
     finally:
-        for variable, previous in saved:
-            variable.assign(previous)
+        _restore(model, saved)
     if not log:
         raise ValueError(
             f"no layer call of model {model.name!r} ran eagerly (is its call a tf.function?)"
