@@ -152,10 +152,10 @@ def analyse(  # pylint: disable=too-many-arguments,too-many-locals
 
     Records, for every call of every leaf layer and Functional operation node (e.g. an ``Add``
     between layers), and of every container layer inside which no call was recorded (e.g. one
-    whose call is a ``tf.function``; every container with ``include_containers``), in call
-    order (``capture.py``): the output's
-    statistics and those of the gradient arriving at it; for every trainable weight, its value
-    and its gradient. The gradients are those of ``loss(targets, outputs)``, of the compiled
+    computing with its sublayers' weights; every container with ``include_containers``), in
+    call order (``capture.py``): the output's statistics and those of the gradient arriving at
+    it; for every trainable weight, its value and its gradient (summed over all the calls of
+    its layer, as training sees it). The gradients are those of ``loss(targets, outputs)``, of the compiled
     loss when only ``targets`` are given, or, without targets, of a unit-normal probe: the
     gradient arriving at each model output is N(0, 1) drawn with ``seed`` (``objective.py``).
 
