@@ -4,9 +4,10 @@ A *call site* is something whose ``call`` method is shadowed for the duration of
 sublayer (``InputLayer`` excluded, it is never called) and every non-layer Keras operation node
 of a Functional model (``keras.ops.add(h, x)`` between layers becomes an ``Add`` node that the
 model calls). Which calls are logged: every call of a leaf layer (no tracked sublayers) or an
-operation node; a container layer's call only when no call inside it was logged (its sublayers
-ran inside a ``tf.function``, or it has none that run: it is then a leaf in effect, and this
-avoids a hole in the record), or always with ``include_containers``.
+operation node; a container layer's call only when no call inside it was logged (it computes
+with its sublayers' weights without calling them, or calls them in a traced function: it is
+then a leaf in effect, and this avoids a hole in the record), or always with
+``include_containers``.
 
 Shadowing: an instance attribute ``call`` that calls the original bound method and then
 ``tape.watch``-es the floating-point tensors it returned, so one ``tape.gradient`` call can give
@@ -14,7 +15,7 @@ the gradient arriving at every output. Keras' ``Operation.__call__`` looks ``sel
 the instance, so the attribute takes effect without touching any class; it is set with
 ``object.__setattr__`` (bypassing Keras' attribute tracking) and removed in a ``finally`` block.
 Only eager calls are logged: a layer called inside another layer's ``tf.function`` body is part
-of that layer. A Keras RNN layer runs its cell eagerly once per step: the cell's calls are
+of that layer (Keras 3 gives no weight gradients through such a body anyway). A Keras RNN layer runs its cell eagerly once per step: the cell's calls are
 logged (``lstm/lstm_cell``, ``lstm/lstm_cell#1``, ...), the RNN layer's own output only with
 ``include_containers``. A quantized layer calls ``quantized_call`` instead and is not logged.
 """
