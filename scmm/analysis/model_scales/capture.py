@@ -15,9 +15,10 @@ the gradient arriving at every output. Keras' ``Operation.__call__`` looks ``sel
 the instance, so the attribute takes effect without touching any class; it is set with
 ``object.__setattr__`` (bypassing Keras' attribute tracking) and removed in a ``finally`` block.
 Only eager calls are logged: a layer called inside another layer's ``tf.function`` body is part
-of that layer (Keras 3 gives no weight gradients through such a body anyway). A Keras RNN layer runs its cell eagerly once per step: the cell's calls are
-logged (``lstm/lstm_cell``, ``lstm/lstm_cell#1``, ...), the RNN layer's own output only with
-``include_containers``. A quantized layer calls ``quantized_call`` instead and is not logged.
+of that layer (Keras 3 gives no weight gradients through such a body anyway). A Keras RNN layer
+runs its cell eagerly once per step: the cell's calls are logged (``lstm/lstm_cell``,
+``lstm/lstm_cell#1``, ...), the RNN layer's own output only with ``include_containers``. A
+quantized layer calls ``quantized_call`` instead and is not logged.
 """
 
 import contextlib

@@ -152,12 +152,12 @@ def analyse(  # pylint: disable=too-many-arguments,too-many-locals
 
     Records, for every call of every leaf layer and Functional operation node (e.g. an ``Add``
     between layers), and of every container layer inside which no call was recorded (e.g. one
-    computing with its sublayers' weights; every container with ``include_containers``), in
-    call order (``capture.py``): the output's statistics and those of the gradient arriving at
-    it; for every trainable weight, its value and its gradient (summed over all the calls of
-    its layer, as training sees it). The gradients are those of ``loss(targets, outputs)``, of the compiled
-    loss when only ``targets`` are given, or, without targets, of a unit-normal probe: the
-    gradient arriving at each model output is N(0, 1) drawn with ``seed`` (``objective.py``).
+    computing with its sublayers' weights; every container with ``include_containers``), in call
+    order (``capture.py``): the output's statistics and those of the gradient arriving at it; for
+    every trainable weight, its value and its gradient (summed over all the calls of its layer, as
+    training sees it). The gradients are those of ``loss(targets, outputs)``, of the compiled loss
+    when only ``targets`` are given, or, without targets, of a unit-normal probe: the gradient
+    arriving at each model output is N(0, 1) drawn with ``seed`` (``objective.py``).
 
     ``inputs=None`` draws N(0, 1) inputs (batch ``batch_size``, ``seed``) for a model with
     declared float inputs. ``training`` is passed to the model (dropout, batch-norm statistics);
