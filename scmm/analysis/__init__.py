@@ -5,7 +5,8 @@
 the float16 / bfloat16 / FP8 ranges, drawn on an Agg canvas: no display or pyplot needed), and
 ``plot_training_curves`` (a run's train/validation BPC and learning rate against step, from its
 ``log.jsonl``); the coordinate check's maths (``coordinates``: slopes of log2 RMS against
-log2 width, the verdict, its JSON record and figure).
+log2 width, the verdict, its JSON record and figure); ``analyse`` (``model_scales``): the same
+records and figure for one pass of any Keras model, per layer call.
 """
 
 import os
@@ -31,6 +32,7 @@ from .coordinates import (
     write_check_json,
 )
 from .curves import draw_training_curves, plot_training_curves, training_curves
+from .model_scales import LayerCall, ModelScales, WeightScales, analyse
 from .plots import plot_scales
 from .scales import (
     FORMATS,
@@ -55,9 +57,13 @@ __all__ = [
     "LOSS_GRADIENT_NAME",
     "PASSES",
     "FormatRange",
+    "LayerCall",
+    "ModelScales",
     "RunMeasurement",
     "ScaleRecord",
     "Verdict",
+    "WeightScales",
+    "analyse",
     "capture_outputs",
     "collect_scales",
     "draw_training_curves",
