@@ -22,7 +22,9 @@ Inputs = Union[np.ndarray, Sequence[np.ndarray]]
 
 
 def _as_list(inputs: Inputs) -> list[np.ndarray]:
-    return list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    if isinstance(inputs, np.ndarray):
+        return [inputs]
+    return list(inputs)
 
 
 def _call(layer: keras.layers.Layer, tensors: list[tf.Tensor], call_kwargs: dict) -> tf.Tensor:

@@ -14,7 +14,9 @@ from .report import Entry
 def unit_scaled_loss(loss: Any) -> tuple[Any, Entry]:
     """(the loss to compile with, what was done) for a compiled model's ``loss``."""
     kind = type(loss).__name__ if not isinstance(loss, str) else repr(loss)
-    if type(loss) is keras.losses.SparseCategoricalCrossentropy:  # pylint: disable=unidiomatic-typecheck
+    # Exactly Keras's class: a subclass may compute another loss.
+    # pylint: disable-next=unidiomatic-typecheck
+    if type(loss) is keras.losses.SparseCategoricalCrossentropy:
         config = loss.get_config()
         if not config.get("from_logits", False):
             return loss, Entry("loss", kind, "unhandled", detail="from_logits=False: needs logits")

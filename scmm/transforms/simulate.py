@@ -19,7 +19,7 @@ from ..precision_settings import PrecisionSettings
 from .graph import model_graph
 from .readout import readout_layers
 from .registry import is_layer, keras_class
-from .report import Entry, TransformReport
+from .report import Entry, Status, TransformReport
 from .rewrite import CallSite, rewrite
 from .simulated_layers import SIMULATED
 from .twins import copy_weights
@@ -61,7 +61,9 @@ def simulate_format(
             )
     report = TransformReport(transform="simulate_format", scheme=f"{forward}/{backward}")
     functional = (
-        model if not isinstance(model, keras.Sequential) else keras.Model(model.inputs, model.outputs)
+        model
+        if not isinstance(model, keras.Sequential)
+        else keras.Model(model.inputs, model.outputs)
     )
     heads = readout_layers(functional, {n.key: n for n in model_graph(functional)})
     pairs: list[tuple[Any, Any]] = []
@@ -78,7 +80,7 @@ def simulate_format(
         del mapping
         if not is_layer(site.original):
             kind = type(site.original).__name__
-            status = "unhandled" if kind in PRODUCT_OPS else "unchanged"
+            status: Status = "unhandled" if kind in PRODUCT_OPS else "unchanged"
             report.add(Entry(site.node.name, f"ops.{kind}", status))
         return site.default()
 

@@ -160,7 +160,12 @@ class SimulatedMultiHeadAttention(_Simulated, keras.layers.MultiHeadAttention):
             simulating = hooks.current() is not None
         if not simulating:  # Keras's own (possibly fused) path, bit for bit
             return super()._compute_attention(
-                query, key, value, attention_mask, training, return_attention_scores,
+                query,
+                key,
+                value,
+                attention_mask,
+                training,
+                return_attention_scores,
                 use_causal_mask,
             )
         if use_causal_mask:

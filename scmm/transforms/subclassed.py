@@ -16,7 +16,7 @@ from typing import Any
 import keras
 
 from .registry import LAYER_TWINS, NEUTRAL_LAYERS, keras_class, uu_class
-from .report import Entry, TransformReport
+from .report import Entry, Status, TransformReport
 from .twins import make_twin, unit_std
 
 # What a fresh twin sets that the swapped layer must take over even if it has the attribute.
@@ -70,7 +70,8 @@ def unit_scale_subclassed(
         "subclassed model: adds and keras.ops calls inside call() are not visible, so residual"
         " adds are not rewritten; write them with scmm.uu.Residual or scmm.U.residual_add"
     )
-    for layer in target._flatten_layers(include_self=False, recursive=True):  # pylint: disable=protected-access
+    # pylint: disable-next=protected-access
+    for layer in target._flatten_layers(include_self=False, recursive=True):
         name = keras_class(layer)
         user = replace.get(layer.name) or replace.get(type(layer))
         if user is not None:
@@ -83,7 +84,7 @@ def unit_scale_subclassed(
         elif name in LAYER_TWINS:
             twin = make_twin(layer, uu_class(name), scheme)
         else:
-            status = "scale-neutral" if name in NEUTRAL_LAYERS else "unhandled"
+            status: Status = "scale-neutral" if name in NEUTRAL_LAYERS else "unhandled"
             report.add(Entry(layer.name, type(layer).__name__, status))
             continue
         kind = type(layer).__name__

@@ -16,14 +16,14 @@ import numpy as np
 _UNIT_INITIALIZERS = ("kernel_initializer", "embeddings_initializer")
 
 
-def _accepts(cls: type, name: str) -> bool:
-    parameters = inspect.signature(cls.__init__).parameters
+def _accepts(cls: Any, name: str) -> bool:
+    parameters = inspect.signature(cls).parameters
     return name in parameters
 
 
 def make_twin(
     layer: keras.layers.Layer,
-    twin: type,
+    twin: Any,
     scheme: str,
     constraint: Optional[str] = None,
     role: Optional[str] = None,

@@ -37,7 +37,7 @@ from .registry import (
     uu_class,
 )
 from .readout import readout_layers
-from .report import Entry, ResidualReport, TransformReport
+from .report import Entry, Status, ResidualReport, TransformReport
 from .rewrite import CallSite, rewrite
 from .twins import copy_weights, make_twin
 
@@ -45,13 +45,19 @@ Replace = Mapping[Union[type, str], Callable[[keras.layers.Layer], keras.layers.
 WEIGHT_MODES = ("init", "copy", "rescale")
 
 
-def residual_taus(scheme: str, kinds: list[str], residual_mult: float, attn_ratio: float) -> list[float]:
+def residual_taus(
+    scheme: str, kinds: list[str], residual_mult: float, attn_ratio: float
+) -> list[float]:
     """tau of each residual branch (``kinds``: "sequence" | "token", in graph order)."""
     if scheme == "umup":
         from ..schemes.umup_residual import residual_taus as umup_taus
 
         return list(
-            umup_taus(["attention" if k == "sequence" else "ffn" for k in kinds], residual_mult, attn_ratio)
+            umup_taus(
+                ["attention" if k == "sequence" else "ffn" for k in kinds],
+                residual_mult,
+                attn_ratio,
+            )
         )
     # Unit scaling's running mean: the stream stays the mean of the input and every branch.
     return [1.0 / (index + 1) for index in range(1, len(kinds) + 1)]
@@ -84,7 +90,9 @@ def unit_scale(
     if isinstance(model, keras.Sequential):
         new = _sequential(model, scheme, replace or {}, weights, report)
     elif _is_functional(model):
-        new = _functional(model, scheme, replace or {}, weights, residual_mult, residual_attn_ratio, report)
+        new = _functional(
+            model, scheme, replace or {}, weights, residual_mult, residual_attn_ratio, report
+        )
     else:
         from .subclassed import unit_scale_subclassed
 
@@ -96,9 +104,12 @@ def unit_scale(
 
 
 def _is_functional(model: keras.Model) -> bool:
-    return hasattr(model, "_nodes_by_depth") and not isinstance(model, keras.Sequential) and bool(
-        getattr(model, "_nodes_by_depth", None)
-    ) and type(model).__name__ == "Functional"
+    return (
+        hasattr(model, "_nodes_by_depth")
+        and not isinstance(model, keras.Sequential)
+        and bool(getattr(model, "_nodes_by_depth", None))
+        and type(model).__name__ == "Functional"
+    )
 
 
 class _Plan:
@@ -107,8 +118,14 @@ class _Plan:
     def __init__(self, model: keras.Model, scheme: str, mult: float, ratio: float):
         self.graph = model_graph(model)
         self.by_key = {n.key: n for n in self.graph}
-        sequence_classes = tuple(type(n.operation) for n in self.graph if keras_class(n.operation) in SEQUENCE_LAYERS and is_layer(n.operation))
-        self.residuals: list[ResidualAdd] = find_residual_adds(self.graph, sequence_classes, SEQUENCE_OPS)
+        sequence_classes = tuple(
+            type(n.operation)
+            for n in self.graph
+            if keras_class(n.operation) in SEQUENCE_LAYERS and is_layer(n.operation)
+        )
+        self.residuals: list[ResidualAdd] = find_residual_adds(
+            self.graph, sequence_classes, SEQUENCE_OPS
+        )
         self.taus = residual_taus(scheme, [r.kind for r in self.residuals], mult, ratio)
         self.by_add = {r.add: (i, r) for i, r in enumerate(self.residuals)}
         last = self.residuals[-1].add if self.residuals else None
@@ -117,9 +134,11 @@ class _Plan:
         self.branch_inputs: dict[int, Any] = {}
 
     def nodes_of(self, operation: Any) -> list[GraphNode]:
+        """The calls of ``operation`` in the graph."""
         return [n for n in self.graph if n.operation is operation]
 
     def unconstrained(self, operation: Any) -> bool:
+        """Whether every call of ``operation`` comes after the last residual add."""
         nodes = self.nodes_of(operation)
         return bool(nodes) and all(n.key in self.after_last for n in nodes)
 
@@ -159,21 +178,35 @@ def _functional(
     return new
 
 
-def _twin_for(layer: Any, scheme: str, replace: Replace, plan: Optional[_Plan], report: TransformReport) -> Any:
+def _twin_for(
+    layer: Any, scheme: str, replace: Replace, plan: Optional[_Plan], report: TransformReport
+) -> Any:
     user = replace.get(layer.name) or replace.get(type(layer))
     name = keras_class(layer)
     if user is not None:
         new = user(layer)
-        report.add(Entry(layer.name, type(layer).__name__, "replaced", type(new).__name__, "user replace"))
+        report.add(
+            Entry(layer.name, type(layer).__name__, "replaced", type(new).__name__, "user replace")
+        )
         return new
     if name in LAYER_TWINS:
         readout = plan is not None and id(layer) in plan.readouts
         unconstrained = readout or (plan is not None and plan.unconstrained(layer))
-        new = make_twin(layer, uu_class(name), scheme, "separate" if unconstrained else None, "readout" if readout else None)
-        detail = "readout" if readout else ("unconstrained (after the last residual)" if unconstrained else "")
+        new = make_twin(
+            layer,
+            uu_class(name),
+            scheme,
+            "separate" if unconstrained else None,
+            "readout" if readout else None,
+        )
+        detail = (
+            "readout"
+            if readout
+            else ("unconstrained (after the last residual)" if unconstrained else "")
+        )
         report.add(Entry(layer.name, name, "replaced", f"uu.{name}", detail))
         return new
-    status = "scale-neutral" if name in NEUTRAL_LAYERS else "unhandled"
+    status: Status = "scale-neutral" if name in NEUTRAL_LAYERS else "unhandled"
     report.add(Entry(layer.name, type(layer).__name__, status))
     return None
 
@@ -185,7 +218,9 @@ def _clone_op(operation: Any) -> Any:
         return operation  # stateless: sharing the op object is harmless
 
 
-def _branch_inputs(site: CallSite, mapping: dict[int, Any], plan: _Plan) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def _branch_inputs(
+    site: CallSite, mapping: dict[int, Any], plan: _Plan
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """The call's arguments with each residual skip replaced by that branch's split input."""
     skips = {}
     for index, residual in enumerate(plan.residuals):
@@ -205,7 +240,9 @@ def _branch_inputs(site: CallSite, mapping: dict[int, Any], plan: _Plan) -> tupl
             from ..uu.graph_ops import ResidualBranch
 
             add_name = plan.by_key[plan.residuals[index].add].name
-            plan.branch_inputs[index] = ResidualBranch(plan.taus[index], name=f"{add_name}_branch")(value)
+            plan.branch_inputs[index] = ResidualBranch(plan.taus[index], name=f"{add_name}_branch")(
+                value
+            )
         return plan.branch_inputs[index]
 
     return keras.tree.map_structure(swap, site.args), keras.tree.map_structure(swap, site.kwargs)
@@ -219,9 +256,17 @@ def _merge(site: CallSite, plan: _Plan, report: TransformReport) -> Any:
     tensors = [t for t in tensors if hasattr(t, "shape")]
     skip, branch = tensors[residual.skip_position], tensors[1 - residual.skip_position]
     tau = plan.taus[index]
-    report.add(Entry(site.node.name, _kind(site.original), "residual", "ResidualMerge", f"tau={tau:.4g}"))
+    report.add(
+        Entry(site.node.name, _kind(site.original), "residual", "ResidualMerge", f"tau={tau:.4g}")
+    )
     report.residual_adds.append(
-        ResidualReport(site.node.name, index + 1, residual.kind, tau, sorted(plan.by_key[k].name for k in residual.branch))
+        ResidualReport(
+            site.node.name,
+            index + 1,
+            residual.kind,
+            tau,
+            sorted(plan.by_key[k].name for k in residual.branch),
+        )
     )
     return ResidualMerge(tau, name=site.node.name)([skip, branch])
 
@@ -237,7 +282,9 @@ def _op_call(site: CallSite, scheme: str, plan: _Plan, report: TransformReport) 
     if name in OP_TWINS:
         function, option_names = OP_TWINS[name]
         constraint = "separate" if site.node.key in plan.after_last else None
-        layer = FunctionalOp(function, op_options(site.original, option_names), scheme=scheme, constraint=constraint)
+        layer = FunctionalOp(
+            function, op_options(site.original, option_names), scheme=scheme, constraint=constraint
+        )
         report.add(Entry(site.node.name, kind, "replaced", f"U.{function}"))
         return layer(*site.args, **site.kwargs)
     report.add(Entry(site.node.name, kind, "scale-neutral" if name in NEUTRAL_OPS else "unhandled"))
@@ -252,7 +299,9 @@ def _kind(operation: Any) -> str:
     return type(operation).__name__ if is_layer(operation) else f"ops.{type(operation).__name__}"
 
 
-def _sequential(model: keras.Sequential, scheme: str, replace: Replace, weights: str, report: TransformReport) -> keras.Model:
+def _sequential(
+    model: keras.Sequential, scheme: str, replace: Replace, weights: str, report: TransformReport
+) -> keras.Model:
     layers = list(model.layers)
     weight_layers = [l for l in layers if keras_class(l) in ("Dense", "EinsumDense")]
     readout = weight_layers[-1] if weight_layers else None
@@ -268,7 +317,13 @@ def _sequential(model: keras.Sequential, scheme: str, replace: Replace, weights:
         else:
             new = _twin_for(layer, scheme, replace, None, report) if user is not None else None
             if new is None:
-                report.add(Entry(layer.name, type(layer).__name__, "scale-neutral" if name in NEUTRAL_LAYERS else "unhandled"))
+                report.add(
+                    Entry(
+                        layer.name,
+                        type(layer).__name__,
+                        "scale-neutral" if name in NEUTRAL_LAYERS else "unhandled",
+                    )
+                )
                 new = layer.__class__.from_config(layer.get_config())
             pairs.append((layer, new, "copy"))
         new_layers.append(new)
@@ -282,11 +337,15 @@ def _sequential(model: keras.Sequential, scheme: str, replace: Replace, weights:
 def _swap_loss(original: keras.Model, new: keras.Model, report: TransformReport) -> None:
     """Compile ``new`` like ``original`` with the unit-scaled loss (when it was compiled)."""
     if not getattr(original, "compiled", False):
-        report.notes.append("the model was not compiled: compile it with scmm.uu.losses.SparseCategoricalCrossentropy")
+        report.notes.append(
+            "the model was not compiled: compile it with scmm.uu.losses.SparseCategoricalCrossentropy"
+        )
         return
     from .losses import unit_scaled_loss
 
     loss, entry = unit_scaled_loss(original.loss)
     report.add(entry)
     optimizer = keras.optimizers.deserialize(keras.optimizers.serialize(original.optimizer))
-    new.compile(optimizer=optimizer, loss=loss, jit_compile=getattr(original, "jit_compile", "auto"))
+    new.compile(
+        optimizer=optimizer, loss=loss, jit_compile=getattr(original, "jit_compile", "auto")
+    )

@@ -63,7 +63,9 @@ def as_precision(value: PrecisionLike) -> Optional[PrecisionSettings]:
         known = {field.name for field in dataclasses.fields(PrecisionSettings)}
         unknown = sorted(set(value) - known)
         if unknown:
-            raise ValueError(f"unknown precision settings {unknown}; expected some of {sorted(known)}")
+            raise ValueError(
+                f"unknown precision settings {unknown}; expected some of {sorted(known)}"
+            )
         settings = PrecisionSettings(**value)
     settings.validate()
     return settings
@@ -83,7 +85,10 @@ class UnitScaled:
     _explicit_constraint: Optional[str]
 
     def init_unit_scaling(
-        self, scheme: str = "unit", constraint: Optional[str] = None, precision: PrecisionLike = None
+        self,
+        scheme: str = "unit",
+        constraint: Optional[str] = None,
+        precision: PrecisionLike = None,
     ) -> None:
         """Check and store the unit-scaling arguments (before any compute)."""
         self.scheme = check_scheme(scheme)
