@@ -1,0 +1,164 @@
+"""unit_scale on Sequential, Functional and subclassed Keras models: what it swaps, the
+residual adds it finds (from the returned report), and the scales of the result at init."""
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+
+from scmm import uu
+from scmm.analysis import analyse
+from scmm.transforms import simulate_fp8, unit_scale
+from scmm.uu.losses import SparseCategoricalCrossentropy
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from nanogpt_model import build_gpt  # pylint: disable=wrong-import-position
+
+RNG = np.random.default_rng(0)
+VOCAB, SEQ, WIDTH, DEPTH = 64, 32, 64, 3
+
+
+def _mlp() -> keras.Sequential:
+    return keras.Sequential(
+        [
+            keras.Input((256,)),
+            keras.layers.Dense(512, activation="relu"),
+            keras.layers.Dense(512),
+            keras.layers.Activation("gelu"),
+            keras.layers.Dropout(0.1),
+            keras.layers.Dense(10),
+        ]
+    )
+
+
+def _tokens(batch: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    ids = RNG.integers(0, VOCAB, size=(batch, SEQ + 1)).astype("int32")
+    return ids[:, :-1], ids[:, 1:]
+
+
+def _scales(model: keras.Model, x: np.ndarray, y: np.ndarray) -> dict[tuple[str, str], float]:
+    result = analyse(model, x, y, loss=SparseCategoricalCrossentropy(from_logits=True))
+    return {
+        (r["name"], r["pass"]): float(r["std"])
+        for r in result.records
+        if r["pass"] in ("forward", "backward") and r.get("dtype", "float32").startswith(("float", "bfloat"))
+    }
+
+
+def _out_of_band(scales: dict[tuple[str, str], float], exempt: tuple[str, ...]) -> dict[Any, float]:
+    return {
+        key: std
+        for key, std in scales.items()
+        if not any(part in key[0] for part in exempt) and not 0.5 <= std <= 2.0
+    }
+
+
+def test_a_sequential_mlp_is_fully_replaced_and_unit_scaled() -> None:
+    model = _mlp()
+    scaled = unit_scale(model)
+    report = scaled.scmm_report
+    assert not report.unhandled, str(report)
+    assert isinstance(scaled, keras.Sequential)
+    assert [type(l).__name__ for l in scaled.layers] == ["Dense", "Dense", "Activation", "Dropout", "Dense"]
+    assert all(type(l).__module__.startswith("scmm.uu") for l in scaled.layers)
+    assert scaled.layers[-1].role == "readout"
+    x = RNG.normal(size=(256, 256)).astype("float32")
+    y = RNG.integers(0, 10, size=(256,)).astype("int32")
+    bad = _out_of_band(_scales(scaled, x, y), exempt=("loss",))
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("scheme", ["unit", "umup"])
+def test_a_functional_nanogpt_gets_2L_residual_adds_and_unit_scales(scheme: str) -> None:
+    gpt = build_gpt(VOCAB, SEQ, WIDTH, DEPTH, heads=4, batch=8)
+    scaled = unit_scale(gpt, scheme=scheme)
+    report = scaled.scmm_report
+    assert not report.unhandled, str(report)
+    assert len(report.residual_adds) == 2 * DEPTH
+    assert [r.kind for r in report.residual_adds] == ["sequence", "token"] * DEPTH
+    taus = [r.tau for r in report.residual_adds]
+    if scheme == "unit":  # the running mean over the branches found
+        assert taus == pytest.approx([1 / (i + 1) for i in range(1, 2 * DEPTH + 1)])
+    assert len(set(np.round(taus, 12))) == len(taus) or scheme == "umup"
+    x, y = _tokens()
+    exempt = ("loss",) if scheme == "unit" else ("loss", "lm_head")
+    bad = _out_of_band(_scales(scaled, x, y), exempt)
+    assert not bad, bad
+    assert np.all(np.isfinite(scaled(x).numpy()))
+
+
+def test_the_input_model_is_untouched_and_weights_can_be_copied_or_rescaled() -> None:
+    gpt = build_gpt(VOCAB, SEQ, WIDTH, 2, heads=4, batch=8)
+    x, _ = _tokens()
+    before = gpt(x).numpy()
+    weights = [w.copy() for w in gpt.get_weights()]
+    copied = unit_scale(gpt, weights="copy")
+    rescaled = unit_scale(gpt, weights="rescale")
+    np.testing.assert_array_equal(gpt(x).numpy(), before)
+    assert all(np.array_equal(a, b) for a, b in zip(weights, gpt.get_weights()))
+    assert all(type(l).__module__.startswith("keras.") for l in gpt.layers)
+    assert all(np.array_equal(a, b) for a, b in zip(weights, copied.get_weights()))
+    stds = [np.std(w) for w in rescaled.get_weights() if w.ndim >= 2]
+    assert stds == pytest.approx([1.0] * len(stds), rel=1e-4)
+
+
+def test_unit_scale_and_simulate_fp8_commute() -> None:
+    gpt = build_gpt(VOCAB, SEQ, WIDTH, 2, heads=4, batch=8)
+    first = unit_scale(simulate_fp8(gpt), weights="copy")
+    second = simulate_fp8(unit_scale(gpt, weights="copy"))
+    assert [type(l) for l in first.layers] == [type(l) for l in second.layers]
+    for a, b in zip(first.layers, second.layers):
+        assert getattr(a, "precision", None) == getattr(b, "precision", None), a.name
+    x, _ = _tokens()
+    np.testing.assert_array_equal(first(x).numpy(), second(x).numpy())
+
+
+def test_a_transformed_model_saves_loads_and_fits_under_xla(tmp_path: Path) -> None:
+    gpt = build_gpt(VOCAB, SEQ, WIDTH, 1, heads=4, batch=8)
+    gpt.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    scaled = unit_scale(gpt)
+    assert isinstance(scaled.loss, SparseCategoricalCrossentropy)
+    x, y = _tokens()
+    scaled.save(tmp_path / "gpt.keras")
+    loaded = keras.models.load_model(tmp_path / "gpt.keras")
+    np.testing.assert_array_equal(loaded(x).numpy(), scaled(x).numpy())
+    scaled.compile(optimizer=keras.optimizers.Adam(1e-2), loss=scaled.loss, jit_compile=True)
+    history = scaled.fit(x, y, batch_size=8, epochs=3, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+
+
+class _Block(keras.Model):
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.norm = keras.layers.LayerNormalization()
+        self.up = keras.layers.Dense(128, activation="relu")
+        self.down = keras.layers.Dense(64)
+
+    def call(self, x: Any) -> Any:
+        return self.down(self.up(self.norm(x)))
+
+
+def test_a_subclassed_model_needs_inplace_and_gets_its_layers_swapped() -> None:
+    model = _Block()
+    x = RNG.normal(size=(32, 64)).astype("float32")
+    model(x)
+    with pytest.raises(ValueError, match="inplace=True"):
+        unit_scale(model)
+    scaled = unit_scale(model, inplace=True)
+    assert scaled is model
+    assert isinstance(model.up, uu.Dense) and isinstance(model.norm, uu.LayerNormalization)
+    assert any("not visible" in note for note in scaled.scmm_report.notes)
+    assert np.std(model.up.kernel.numpy()) == pytest.approx(1.0, rel=0.05)
+    assert np.all(np.isfinite(model(x).numpy()))
+
+
+def test_bad_arguments_are_refused_before_any_work() -> None:
+    with pytest.raises(ValueError, match="scheme"):
+        unit_scale(_mlp(), scheme="mup")
+    with pytest.raises(ValueError, match="weights"):
+        unit_scale(_mlp(), weights="zeros")
+    with pytest.raises(ValueError, match="build the model"):
+        unit_scale(keras.Sequential([keras.layers.Dense(3)]))
