@@ -2,4 +2,6 @@
 of ``scmm.uu``, built on ``scmm.uscale``.
 """
 
-__all__: list[str] = []
+from .einsum import einsum, weight_einsum
+
+__all__: list[str] = ["einsum", "weight_einsum"]

@@ -5,5 +5,6 @@ Each class subclasses the Keras layer of the same name (see ``scmm.uu.base`` for
 """
 
 from .base import DEFAULT_CONSTRAINT, SCHEMES, UnitScaled
+from .einsum_dense import EinsumDense
 
-__all__ = ["DEFAULT_CONSTRAINT", "SCHEMES", "UnitScaled"]
+__all__ = ["DEFAULT_CONSTRAINT", "EinsumDense", "SCHEMES", "UnitScaled"]
