@@ -3,5 +3,6 @@ of ``scmm.uu``, built on ``scmm.uscale``.
 """
 
 from .einsum import einsum, weight_einsum
+from .softmax import softmax
 
-__all__: list[str] = ["einsum", "weight_einsum"]
+__all__: list[str] = ["einsum", "softmax", "weight_einsum"]

@@ -6,5 +6,6 @@ Each class subclasses the Keras layer of the same name (see ``scmm.uu.base`` for
 
 from .base import DEFAULT_CONSTRAINT, SCHEMES, UnitScaled
 from .einsum_dense import EinsumDense
+from .softmax import Softmax
 
-__all__ = ["DEFAULT_CONSTRAINT", "EinsumDense", "SCHEMES", "UnitScaled"]
+__all__ = ["DEFAULT_CONSTRAINT", "EinsumDense", "SCHEMES", "Softmax", "UnitScaled"]
