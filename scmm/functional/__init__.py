@@ -2,4 +2,8 @@
 of ``scmm.uu``, built on ``scmm.uscale``.
 """
 
-__all__: list[str] = []
+from .attention import dot_product_attention
+from .einsum import einsum, weight_einsum
+from .softmax import softmax
+
+__all__: list[str] = ["dot_product_attention", "einsum", "softmax", "weight_einsum"]

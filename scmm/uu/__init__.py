@@ -4,6 +4,9 @@ Each class subclasses the Keras layer of the same name (see ``scmm.uu.base`` for
 ``scheme`` / ``constraint`` / ``precision`` arguments). The functional twins are ``scmm.U``.
 """
 
+from .attention import MultiHeadAttention
 from .base import DEFAULT_CONSTRAINT, SCHEMES, UnitScaled
+from .einsum_dense import EinsumDense
+from .softmax import Softmax
 
-__all__ = ["DEFAULT_CONSTRAINT", "SCHEMES", "UnitScaled"]
+__all__ = ["DEFAULT_CONSTRAINT", "EinsumDense", "MultiHeadAttention", "SCHEMES", "Softmax", "UnitScaled"]
