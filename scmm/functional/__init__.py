@@ -3,7 +3,17 @@ of ``scmm.uu``, built on ``scmm.uscale``.
 """
 
 from .attention import dot_product_attention
+from .linear import embedding, linear, matmul, readout
 from .einsum import einsum, weight_einsum
 from .softmax import softmax
 
-__all__: list[str] = ["dot_product_attention", "einsum", "softmax", "weight_einsum"]
+__all__: list[str] = [
+    "embedding",
+    "linear",
+    "matmul",
+    "readout",
+    "dot_product_attention",
+    "einsum",
+    "softmax",
+    "weight_einsum",
+]

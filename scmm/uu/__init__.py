@@ -5,8 +5,20 @@ Each class subclasses the Keras layer of the same name (see ``scmm.uu.base`` for
 """
 
 from .attention import MultiHeadAttention
+from .dense import Dense, DenseReadout
+from .embedding import Embedding
 from .base import DEFAULT_CONSTRAINT, SCHEMES, UnitScaled
 from .einsum_dense import EinsumDense
 from .softmax import Softmax
 
-__all__ = ["DEFAULT_CONSTRAINT", "EinsumDense", "MultiHeadAttention", "SCHEMES", "Softmax", "UnitScaled"]
+__all__ = [
+    "Dense",
+    "DenseReadout",
+    "Embedding",
+    "DEFAULT_CONSTRAINT",
+    "EinsumDense",
+    "MultiHeadAttention",
+    "SCHEMES",
+    "Softmax",
+    "UnitScaled",
+]
