@@ -24,7 +24,7 @@ from ..uscale.scaling import Constraint, scaling
 from .einsum import weight_einsum
 
 
-def _bias_add(y: tf.Tensor, bias: Any) -> tf.Tensor:
+def bias_add(y: tf.Tensor, bias: Any) -> tf.Tensor:
     """y + bias over the last axis; bias gradient rows^-1/2 (rows = y.size / bias.size)."""
     bias_t = as_compute(bias, y.dtype)
     entries = int(bias_t.shape.num_elements() or 1)
@@ -40,7 +40,7 @@ def linear(
 ) -> tf.Tensor:
     """Unit-scaled ``x @ kernel + bias``: x (..., m), kernel (m, n) -> (..., n)."""
     y = weight_einsum("...i,io->...o", x, kernel, constraint)
-    return y if bias is None else _bias_add(y, bias)
+    return y if bias is None else bias_add(y, bias)
 
 
 def readout(
@@ -49,7 +49,7 @@ def readout(
     """u-mup's readout ``x @ kernel + bias``: output 1/m, x-gradient n^-1/2 (``constraint``
     None: untied, the library's default; "forward" ties both to 1/m)."""
     y = weight_einsum("...i,io->...o", x, kernel, constraint, readout=True)
-    return y if bias is None else _bias_add(y, bias)
+    return y if bias is None else bias_add(y, bias)
 
 
 def matmul(x1: tf.Tensor, x2: tf.Tensor, constraint: Constraint = "gmean") -> tf.Tensor:

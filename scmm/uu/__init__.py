@@ -5,6 +5,7 @@ Each class subclasses the Keras layer of the same name (see ``scmm.uu.base`` for
 """
 
 from .attention import MultiHeadAttention
+from .conv import Conv1D
 from .dense import Dense, DenseReadout
 from .embedding import Embedding
 from .base import DEFAULT_CONSTRAINT, SCHEMES, UnitScaled
@@ -12,6 +13,7 @@ from .einsum_dense import EinsumDense
 from .softmax import Softmax
 
 __all__ = [
+    "Conv1D",
     "Dense",
     "DenseReadout",
     "Embedding",

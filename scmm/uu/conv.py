@@ -1,0 +1,74 @@
+"""``scmm.uu.Conv1D``: ``keras.layers.Conv1D`` with a unit kernel and unit-scaled product
+(``scmm.U.conv1d``: output (k c_in / groups)^-1/2, x-gradient (k c_out / (groups s))^-1/2,
+tied by the constraint; kernel and bias gradients rows^-1/2)."""
+
+from typing import Any, Optional
+
+import keras
+import tensorflow as tf
+
+from ..functional.conv import conv1d
+from ..functional.linear import bias_add
+from ..parameters import ParameterInfo
+from .base import PACKAGE, PrecisionLike, UnitScaled
+from .dense import unit_activation
+from .einsum_dense import unit_normal
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Conv1D(UnitScaled, keras.layers.Conv1D):
+    """Unit-scaled ``keras.layers.Conv1D`` (same arguments; channels_last only; plus
+    ``scheme``, ``constraint``, ``precision``)."""
+
+    def __init__(  # pylint: disable=too-many-arguments
+        self,
+        filters: int,
+        kernel_size: Any,
+        activation: Any = None,
+        kernel_initializer: Any = None,
+        data_format: Optional[str] = None,
+        scheme: str = "unit",
+        constraint: Optional[str] = None,
+        precision: PrecisionLike = None,
+        **kwargs: Any,
+    ):
+        if data_format not in (None, "channels_last"):
+            raise ValueError(f"uu.Conv1D supports channels_last only, got {data_format!r}")
+        super().__init__(
+            filters,
+            kernel_size,
+            activation=activation,
+            kernel_initializer=unit_normal() if kernel_initializer is None else kernel_initializer,
+            data_format="channels_last",
+            **kwargs,
+        )
+        self.init_unit_scaling(scheme, constraint, precision)
+        self._unit_activation = unit_activation(
+            keras.activations.serialize(self.activation) if activation else "linear",
+            self.constraint,
+        )
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:  # pylint: disable=arguments-differ
+        with self.precision_scope():
+            y = conv1d(
+                inputs,
+                self.kernel,
+                strides=self.strides[0],
+                padding=self.padding,
+                dilation_rate=self.dilation_rate[0],
+                groups=self.groups,
+                constraint=self.constraint,  # type: ignore[arg-type]
+            )  # (batch, out_steps, filters)
+        if self.use_bias:
+            y = bias_add(y, self.bias)
+        return y if self._unit_activation is None else self._unit_activation(y)
+
+    def parameter_info(self) -> dict[str, ParameterInfo]:
+        taps, group_in, _ = (int(d) for d in self.kernel.shape)
+        info = {"kernel": ParameterInfo("weight", taps * group_in)}
+        if self.use_bias:
+            info["bias"] = ParameterInfo("bias")
+        return info
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), **self.unit_config()}
