@@ -2,4 +2,13 @@
 of ``scmm.uu``, built on ``scmm.uscale``.
 """
 
-__all__: list[str] = []
+from .elementwise import add, gelu, relu, sigmoid, silu, tanh
+
+__all__: list[str] = [
+    "add",
+    "gelu",
+    "relu",
+    "sigmoid",
+    "silu",
+    "tanh",
+]

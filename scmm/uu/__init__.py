@@ -4,6 +4,15 @@ Each class subclasses the Keras layer of the same name (see ``scmm.uu.base`` for
 ``scheme`` / ``constraint`` / ``precision`` arguments). The functional twins are ``scmm.U``.
 """
 
+from .activation import Activation, ReLU
 from .base import DEFAULT_CONSTRAINT, SCHEMES, UnitScaled
+from .merging import Add
 
-__all__ = ["DEFAULT_CONSTRAINT", "SCHEMES", "UnitScaled"]
+__all__ = [
+    "Activation",
+    "Add",
+    "DEFAULT_CONSTRAINT",
+    "ReLU",
+    "SCHEMES",
+    "UnitScaled",
+]
