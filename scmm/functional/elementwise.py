@@ -1,4 +1,5 @@
-"""Unit-scaled elementwise ops under ``keras.ops`` names: relu, gelu, silu, tanh, sigmoid, add.
+"""Unit-scaled elementwise ops under ``keras.ops`` names: relu, gelu, silu, tanh, sigmoid, add,
+and the variance-preserving ``dropout`` (``keras.random.dropout`` times sqrt(1 - rate)).
 
 Each nonlinearity f has two ideal scales for x ~ N(0, 1) and an independent unit gradient g:
 the output scale 1 / std(f(x)) and the input-gradient scale 1 / std(f'(x) g) = 1 / rms(f'(x)).
@@ -20,7 +21,7 @@ built (a None batch) are computed from ``tf.shape`` at run time.
 
 import functools
 import math
-from typing import Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import keras
 import numpy as np
@@ -279,3 +280,24 @@ def add(x1: Operand, x2: Operand, constraint: str = "gmean") -> tf.Tensor:
     number or has one element), gradient scales e^-1/2 for an input broadcast e-fold, tied by
     ``constraint``. Under "gmean" with equal shapes: 2^-1/6 on both sides."""
     return add_all([x1, x2], constraint)
+
+
+# Dropout --------------------------------------------------------------------------------------
+
+
+def dropout(x: tf.Tensor, rate: float, noise_shape: Any = None, seed: Any = None) -> tf.Tensor:
+    """Variance-preserving ``keras.random.dropout``: Keras's x m / (1 - rate) times
+    sqrt(1 - rate), where m ~ Bernoulli(1 - rate).
+
+    Keras's inverted dropout keeps the mean: for unit x its output variance is 1 / (1 - rate).
+    The extra sqrt(1 - rate) keeps the variance at 1 instead (the PyTorch library's rule). It is
+    a plain multiply, so the gradient g m sqrt(1 - rate) / (1 - rate) is unit for a unit g
+    too. ``noise_shape`` and ``seed`` (an int or a ``keras.random.SeedGenerator``) as in Keras.
+    """
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+        raise ValueError(f"dropout rate must be a number in [0, 1), got {rate!r}")
+    x = _floating(x, "dropout")
+    if rate == 0:
+        return x
+    dropped = keras.random.dropout(x, rate, noise_shape=noise_shape, seed=seed)
+    return dropped * tf.cast(math.sqrt(1.0 - rate), dropped.dtype)

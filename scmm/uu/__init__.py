@@ -6,13 +6,20 @@ Each class subclasses the Keras layer of the same name (see ``scmm.uu.base`` for
 
 from .activation import Activation, ReLU
 from .base import DEFAULT_CONSTRAINT, SCHEMES, UnitScaled
+from .dropout import Dropout
 from .merging import Add
+from .normalization import LayerNormalization, RMSNormalization
+from .residual import Residual
 
 __all__ = [
     "Activation",
     "Add",
     "DEFAULT_CONSTRAINT",
+    "Dropout",
+    "LayerNormalization",
+    "RMSNormalization",
     "ReLU",
+    "Residual",
     "SCHEMES",
     "UnitScaled",
 ]
