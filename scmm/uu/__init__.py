@@ -4,22 +4,34 @@ Each class subclasses the Keras layer of the same name (see ``scmm.uu.base`` for
 ``scheme`` / ``constraint`` / ``precision`` arguments). The functional twins are ``scmm.U``.
 """
 
+from .activation import Activation, ReLU
 from .attention import MultiHeadAttention
+from .base import DEFAULT_CONSTRAINT, SCHEMES, UnitScaled
 from .conv import Conv1D
 from .dense import Dense, DenseReadout
-from .embedding import Embedding
-from .base import DEFAULT_CONSTRAINT, SCHEMES, UnitScaled
+from .dropout import Dropout
 from .einsum_dense import EinsumDense
+from .embedding import Embedding
+from .merging import Add
+from .normalization import LayerNormalization, RMSNormalization
+from .residual import Residual
 from .softmax import Softmax
 
 __all__ = [
+    "Activation",
+    "Add",
     "Conv1D",
+    "DEFAULT_CONSTRAINT",
     "Dense",
     "DenseReadout",
-    "Embedding",
-    "DEFAULT_CONSTRAINT",
+    "Dropout",
     "EinsumDense",
+    "Embedding",
+    "LayerNormalization",
     "MultiHeadAttention",
+    "RMSNormalization",
+    "ReLU",
+    "Residual",
     "SCHEMES",
     "Softmax",
     "UnitScaled",
