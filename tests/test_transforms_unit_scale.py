@@ -43,7 +43,7 @@ def _scales(model: keras.Model, x: np.ndarray, y: np.ndarray) -> dict[tuple[str,
     result = analyse(model, x, y, loss=SparseCategoricalCrossentropy(from_logits=True))
     return {
         (r["name"], r["pass"]): float(r["std"])
-        for r in result.records
+        for r in (record.to_dict() for record in result.records)
         if r["pass"] in ("forward", "backward") and r.get("dtype", "float32").startswith(("float", "bfloat"))
     }
 

@@ -7,6 +7,7 @@ from .conv import conv1d
 from .einsum import einsum, weight_einsum
 from .elementwise import add, dropout, gelu, relu, sigmoid, silu, tanh
 from .linear import embedding, linear, matmul, readout
+from .losses import sparse_categorical_crossentropy
 from .normalization import layer_norm, layer_normalization, rms_norm, rms_normalization
 from .residual import residual_add, residual_split, tau_from_library
 from .softmax import softmax
@@ -32,6 +33,7 @@ __all__: list[str] = [
     "sigmoid",
     "silu",
     "softmax",
+    "sparse_categorical_crossentropy",
     "tanh",
     "tau_from_library",
     "weight_einsum",

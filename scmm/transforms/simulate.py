@@ -18,7 +18,7 @@ import keras
 from ..precision_settings import PrecisionSettings
 from .graph import model_graph
 from .readout import readout_layers
-from .registry import is_layer, keras_class
+from .registry import MATMUL_LAYERS, is_layer, keras_class
 from .report import Entry, Status, TransformReport
 from .rewrite import CallSite, rewrite
 from .simulated_layers import SIMULATED
@@ -110,13 +110,22 @@ def _settings(forward: str, backward: str, rounding: str) -> PrecisionSettings:
     return settings
 
 
+def _has_products(layer: Any) -> bool:
+    """A ``scmm.uu`` layer (or ``FunctionalOp``) that multiplies: only those take formats, so
+    that both orders of ``unit_scale`` and ``simulate_fp8`` give the same layers."""
+    for base in type(layer).__mro__:
+        if base.__module__.startswith("keras.src.") and base.__name__ in MATMUL_LAYERS:
+            return True
+    return getattr(layer, "function", None) in ("matmul", "einsum", "dot_product_attention")
+
+
 def _simulated(layer: Any, settings: PrecisionSettings, report: TransformReport) -> Any:
     config = layer.get_config()
     name = keras_class(layer)
     if name in SIMULATED:
         report.add(Entry(layer.name, name, "replaced", SIMULATED[name].__name__))
         return SIMULATED[name].from_config({**config, "precision": settings})
-    if hasattr(layer, "precision") and "precision" in config:
+    if _has_products(layer) and "precision" in config:
         # scmm.uu layers (and already-simulated ones) take the formats as an argument.
         report.add(Entry(layer.name, type(layer).__name__, "replaced", "precision set"))
         return type(layer).from_config({**config, "precision": settings})
