@@ -3,6 +3,7 @@ of ``scmm.uu``, built on ``scmm.uscale``.
 """
 
 from .elementwise import add, dropout, gelu, relu, sigmoid, silu, tanh
+from .losses import sparse_categorical_crossentropy
 from .normalization import layer_norm, layer_normalization, rms_norm, rms_normalization
 from .residual import residual_add, residual_split, tau_from_library
 
@@ -18,6 +19,7 @@ __all__: list[str] = [
     "rms_norm",
     "rms_normalization",
     "sigmoid",
+    "sparse_categorical_crossentropy",
     "silu",
     "tanh",
     "tau_from_library",

@@ -4,6 +4,7 @@ Each class subclasses the Keras layer of the same name (see ``scmm.uu.base`` for
 ``scheme`` / ``constraint`` / ``precision`` arguments). The functional twins are ``scmm.U``.
 """
 
+from . import losses
 from .activation import Activation, ReLU
 from .base import DEFAULT_CONSTRAINT, SCHEMES, UnitScaled
 from .dropout import Dropout
@@ -22,4 +23,5 @@ __all__ = [
     "Residual",
     "SCHEMES",
     "UnitScaled",
+    "losses",
 ]
