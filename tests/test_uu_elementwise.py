@@ -325,3 +325,20 @@ def test_layer_errors() -> None:
         uu.Add(constraint="mean")
     with pytest.raises(ValueError, match="unknown unit-scaling scheme 'mup'"):
         uu.ReLU(scheme="mup")
+
+
+def test_twins_from_keras_configs() -> None:
+    x = normal([8, 16], 4)
+    for original, twin_class in [
+        (keras.layers.Activation("gelu"), uu.Activation),
+        (keras.layers.Activation("swish"), uu.Activation),
+        (keras.layers.ReLU(), uu.ReLU),
+        (keras.layers.Add(), uu.Add),
+        (keras.layers.Dropout(0.1, seed=2), uu.Dropout),
+    ]:
+        config = original.get_config()
+        twin = twin_class(**config, scheme="umup")
+        assert twin.constraint == "forward"
+        assert {k: v for k, v in twin.get_config().items() if k in config} == config
+        feed = [x, x] if twin_class is uu.Add else x
+        assert np.asarray(twin(feed)).shape == (8, 16)

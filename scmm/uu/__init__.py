@@ -4,6 +4,7 @@ Each class subclasses the Keras layer of the same name (see ``scmm.uu.base`` for
 ``scheme`` / ``constraint`` / ``precision`` arguments). The functional twins are ``scmm.U``.
 """
 
+from . import losses
 from .activation import Activation, ReLU
 from .attention import MultiHeadAttention
 from .base import DEFAULT_CONSTRAINT, SCHEMES, UnitScaled
@@ -35,4 +36,5 @@ __all__ = [
     "SCHEMES",
     "Softmax",
     "UnitScaled",
+    "losses",
 ]
