@@ -15,7 +15,8 @@ from scmm.transforms import simulate_fp8, unit_scale
 from scmm.uu.losses import SparseCategoricalCrossentropy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from nanogpt_model import build_gpt  # pylint: disable=wrong-import-position
+# pylint: disable-next=wrong-import-position,import-error,wrong-import-order
+from nanogpt_model import build_gpt
 
 RNG = np.random.default_rng(0)
 VOCAB, SEQ, WIDTH, DEPTH = 64, 32, 64, 3

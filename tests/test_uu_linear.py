@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 
 import uu_checks
-from scmm import U, uu
+from scmm import functional as U
+from scmm import uu
 from scmm.formats import quantise
 from scmm.precision import scope
 from scmm.precision_settings import PrecisionSettings
@@ -112,7 +113,7 @@ def test_dense_forward_is_keras_dense_with_the_folded_kernel(scheme: str, role: 
 
 def test_the_ops_work_on_batches_only_known_at_run_time() -> None:
     fn = tf.function(
-        lambda x, k: U.linear(x, k),
+        U.linear,
         input_signature=[tf.TensorSpec([None, 512]), tf.TensorSpec([512, 64])],
     )
     kernel = tf.constant(RNG.normal(size=(512, 64)).astype("float32"))

@@ -129,7 +129,8 @@ def _simulated(layer: Any, settings: PrecisionSettings, report: TransformReport)
         # scmm.uu layers (and already-simulated ones) take the formats as an argument.
         report.add(Entry(layer.name, type(layer).__name__, "replaced", "precision set"))
         return type(layer).from_config({**config, "precision": settings})
-    if name is None and layer.weights:
+    own = type(layer).__module__.startswith("scmm.")
+    if name is None and not own and layer.weights:
         report.add(Entry(layer.name, type(layer).__name__, "unhandled", detail="unknown layer"))
     else:
         report.add(Entry(layer.name, type(layer).__name__, "unchanged", detail="no product"))

@@ -338,7 +338,8 @@ def _swap_loss(original: keras.Model, new: keras.Model, report: TransformReport)
     """Compile ``new`` like ``original`` with the unit-scaled loss (when it was compiled)."""
     if not getattr(original, "compiled", False):
         report.notes.append(
-            "the model was not compiled: compile it with scmm.uu.losses.SparseCategoricalCrossentropy"
+            "the model was not compiled: compile it with"
+            " scmm.uu.losses.SparseCategoricalCrossentropy"
         )
         return
     from .losses import unit_scaled_loss

@@ -38,7 +38,7 @@ class MultiHeadAttention(UnitScaled, keras.layers.MultiHeadAttention):
     (batch, seq, features).
     """
 
-    def __init__(  # pylint: disable=too-many-arguments,too-many-locals
+    def __init__(  # pylint: disable=too-many-arguments,too-many-locals,too-many-positional-arguments
         self,
         num_heads: int,
         key_dim: int,
@@ -108,7 +108,7 @@ class MultiHeadAttention(UnitScaled, keras.layers.MultiHeadAttention):
         """The logit scale (before ``mult``): Keras's 1/sqrt(key_dim), or u-muP's 1/key_dim."""
         return 1.0 / self._key_dim if self.scheme == "umup" else self._key_dim**-0.5
 
-    def _compute_attention(  # pylint: disable=too-many-arguments
+    def _compute_attention(  # pylint: disable=too-many-arguments,too-many-positional-arguments
         self,
         query: tf.Tensor,
         key: tf.Tensor,

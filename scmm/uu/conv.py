@@ -20,7 +20,7 @@ class Conv1D(UnitScaled, keras.layers.Conv1D):
     """Unit-scaled ``keras.layers.Conv1D`` (same arguments; channels_last only; plus
     ``scheme``, ``constraint``, ``precision``)."""
 
-    def __init__(  # pylint: disable=too-many-arguments
+    def __init__(  # pylint: disable=too-many-arguments,too-many-positional-arguments
         self,
         filters: int,
         kernel_size: Any,

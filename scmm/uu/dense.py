@@ -47,7 +47,7 @@ class Dense(UnitScaled, keras.layers.Dense):
     LoRA and Keras's quantization (simulate formats with ``scmm.simulate_fp8``).
     """
 
-    def __init__(  # pylint: disable=too-many-arguments
+    def __init__(  # pylint: disable=too-many-arguments,too-many-positional-arguments
         self,
         units: int,
         activation: Any = None,

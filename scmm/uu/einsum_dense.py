@@ -55,7 +55,7 @@ class EinsumDense(UnitScaled, keras.layers.EinsumDense):
     quantization (``quantize``): simulate formats with ``scmm.simulate_fp8`` instead.
     """
 
-    def __init__(  # pylint: disable=too-many-arguments,too-many-locals
+    def __init__(  # pylint: disable=too-many-arguments,too-many-locals,too-many-positional-arguments
         self,
         equation: str,
         output_shape: Any,

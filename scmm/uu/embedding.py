@@ -20,7 +20,7 @@ from .einsum_dense import unit_normal
 class Embedding(UnitScaled, keras.layers.Embedding):
     """Unit-scaled ``keras.layers.Embedding`` (same arguments, plus ``scheme``, ``precision``)."""
 
-    def __init__(  # pylint: disable=too-many-arguments
+    def __init__(  # pylint: disable=too-many-arguments,too-many-positional-arguments
         self,
         input_dim: int,
         output_dim: int,
