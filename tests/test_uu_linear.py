@@ -100,7 +100,7 @@ def test_the_unit_readout_is_an_unconstrained_projection() -> None:
 
 
 @pytest.mark.parametrize("constraint", CONSTRAINTS)
-def test_matmul_scales_follow_the_rule_with_broadcast_batch(constraint: str) -> None:
+def test_matmul_scales_follow_the_rule_with_broadcast_batch(constraint: Any) -> None:
     batch, m, k, n = 8, 64, 256, 128
     a, b = normal((batch, m, k), 1), normal((k, n), 2)  # b broadcast over the batch
     _, (grad_a, grad_b) = grads_of(lambda p, q: U.matmul(p, q, constraint), [a, b])
@@ -163,10 +163,10 @@ def test_matmul_forward_is_keras_matmul_times_the_output_scale_for_every_rank() 
 
 
 @pytest.mark.parametrize("constraint", CONSTRAINTS)
-def test_linear_gradients_are_the_reference_gradients_times_the_factors(constraint: str) -> None:
+def test_linear_gradients_are_the_reference_gradients_times_the_factors(constraint: Any) -> None:
     rows, m, n = 6 * 10, 48, 32
     x, kernel, bias = normal((6, 10, m), 5), normal((m, n), 6), normal((n,), 7)
-    out, (dx, dk, db) = grads_of(lambda *t: U.linear(*t, constraint=constraint), [x, kernel, bias])
+    out, (dx, dk, db) = grads_of(lambda p, w, c: U.linear(p, w, c, constraint), [x, kernel, bias])
     ref_out, (ref_dx, ref_dk, ref_db) = grads_of(
         lambda p, w, c: tf.tensordot(p, w, axes=1) + c, [x, kernel, bias]
     )
@@ -178,12 +178,10 @@ def test_linear_gradients_are_the_reference_gradients_times_the_factors(constrai
 
 
 @pytest.mark.parametrize("constraint", [None, "forward"])
-def test_readout_gradients_are_the_reference_gradients_times_the_factors(
-    constraint: Optional[str],
-) -> None:
+def test_readout_gradients_are_the_reference_gradients_times_the_factors(constraint: Any) -> None:
     m, n = 64, 40
     x, kernel, bias = normal((20, m), 8), normal((m, n), 9), normal((n,), 10)
-    out, (dx, dk, db) = grads_of(lambda *t: U.readout(*t, constraint=constraint), [x, kernel, bias])
+    out, (dx, dk, db) = grads_of(lambda p, w, c: U.readout(p, w, c, constraint), [x, kernel, bias])
     ref_out, (ref_dx, ref_dk, ref_db) = grads_of(lambda p, w, c: p @ w + c, [x, kernel, bias])
     out_scale, grad_scale = tied(1.0 / m, n**-0.5, constraint)
     assert_close(out, (ref_out - bias) * out_scale + bias)
@@ -193,7 +191,7 @@ def test_readout_gradients_are_the_reference_gradients_times_the_factors(
 
 
 @pytest.mark.parametrize("constraint", ["gmean", "separate"])
-def test_matmul_gradients_are_the_reference_gradients_times_the_factors(constraint: str) -> None:
+def test_matmul_gradients_are_the_reference_gradients_times_the_factors(constraint: Any) -> None:
     batch, m, k, n = 3, 5, 16, 7
     a, b = normal((batch, m, k), 11), normal((k, n), 12)
     _, (da, db) = grads_of(lambda p, q: U.matmul(p, q, constraint), [a, b])
@@ -249,7 +247,7 @@ def test_dense_in_a_functional_model_with_a_none_batch_keeps_unit_kernel_gradien
 
 def test_a_dense_activation_is_the_unit_scaled_op_with_the_layer_constraint() -> None:
     for name, op in [
-        ("relu", lambda t, c: U.relu(t, c)),
+        ("relu", U.relu),
         ("gelu", lambda t, c: U.gelu(t, False, 1.0, c)),
     ]:
         layer = uu.Dense(64, activation=name, scheme="umup")
@@ -356,9 +354,9 @@ def test_bad_arguments_are_refused() -> None:
 def test_bad_op_inputs_are_refused() -> None:
     x, kernel = tf.zeros((4, 8)), tf.zeros((8, 3))
     with pytest.raises(ValueError, match="constraint"):
-        U.linear(x, kernel, constraint="mean")
+        U.linear(x, kernel, constraint="mean")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="constraint"):
-        U.readout(x, kernel, constraint="to_output_scale")
+        U.readout(x, kernel, constraint="to_output_scale")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="2-D kernel"):
         U.linear(x, tf.zeros((8, 3, 2)))
     with pytest.raises(ValueError, match="input features"):
@@ -370,4 +368,4 @@ def test_bad_op_inputs_are_refused() -> None:
     with pytest.raises(ValueError, match="rank >= 1"):
         U.matmul(tf.zeros(()), tf.zeros((7, 3)))
     with pytest.raises(ValueError, match="constraint"):
-        U.matmul(x, tf.zeros((8, 2)), constraint="fwd")
+        U.matmul(x, tf.zeros((8, 2)), constraint="fwd")  # type: ignore[arg-type]
