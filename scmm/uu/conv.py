@@ -1,6 +1,12 @@
-"""``scmm.uu.Conv1D``: ``keras.layers.Conv1D`` with a unit kernel and unit-scaled product
-(``scmm.U.conv1d``: output (k c_in / groups)^-1/2, x-gradient (k c_out / (groups s))^-1/2,
-tied by the constraint; kernel and bias gradients rows^-1/2)."""
+"""``scmm.uu.Conv1D``: ``keras.layers.Conv1D`` with a unit kernel and a unit-scaled product.
+
+``call`` is ``scmm.U.conv1d`` (output (k c_in / groups)^-1/2, x-gradient
+(k c_out / (groups s))^-1/2, tied by the constraint; kernel gradient (batch out_steps)^-1/2),
+then the bias (gradient rows^-1/2, ``scmm.U.linear``'s bias rule) and a unit-scaled
+activation (``scmm.uu.activation``). Padding "valid", "same" or "causal", strides, dilation
+and groups as in Keras. Refused: channels_first data (the ops are written for channels_last),
+LoRA and Keras's quantized dtype policies (their kernels bypass the unit scales).
+"""
 
 from typing import Any, Optional
 
@@ -10,8 +16,9 @@ import tensorflow as tf
 from ..functional.conv import conv1d
 from ..functional.linear import bias_add
 from ..parameters import ParameterInfo
+from .activation import activation_name, unit_activation
 from .base import PACKAGE, PrecisionLike, UnitScaled
-from .dense import unit_activation
+from .dense import refuse_keras_quantization
 from .einsum_dense import unit_normal
 
 
@@ -27,6 +34,7 @@ class Conv1D(UnitScaled, keras.layers.Conv1D):
         activation: Any = None,
         kernel_initializer: Any = None,
         data_format: Optional[str] = None,
+        lora_rank: Optional[int] = None,
         scheme: str = "unit",
         constraint: Optional[str] = None,
         precision: PrecisionLike = None,
@@ -34,6 +42,9 @@ class Conv1D(UnitScaled, keras.layers.Conv1D):
     ):
         if data_format not in (None, "channels_last"):
             raise ValueError(f"uu.Conv1D supports channels_last only, got {data_format!r}")
+        if lora_rank:
+            raise ValueError(f"uu.Conv1D does not support LoRA, got lora_rank={lora_rank}")
+        self.activation_name = activation_name(activation)
         super().__init__(
             filters,
             kernel_size,
@@ -42,11 +53,8 @@ class Conv1D(UnitScaled, keras.layers.Conv1D):
             data_format="channels_last",
             **kwargs,
         )
+        refuse_keras_quantization(self, "uu.Conv1D")
         self.init_unit_scaling(scheme, constraint, precision)
-        self._unit_activation = unit_activation(
-            keras.activations.serialize(self.activation) if activation else "linear",
-            self.constraint,
-        )
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:  # pylint: disable=arguments-differ
         with self.precision_scope():
@@ -59,16 +67,22 @@ class Conv1D(UnitScaled, keras.layers.Conv1D):
                 groups=self.groups,
                 constraint=self.constraint,  # type: ignore[arg-type]
             )  # (batch, out_steps, filters)
-        if self.use_bias:
-            y = bias_add(y, self.bias)
-        return y if self._unit_activation is None else self._unit_activation(y)
+            if self.use_bias:
+                y = bias_add(y, self.bias)
+            return unit_activation(self.activation_name, y, 1.0, self.constraint)
 
     def parameter_info(self) -> dict[str, ParameterInfo]:
-        taps, group_in, _ = (int(d) for d in self.kernel.shape)
+        if not self.built:
+            raise ValueError(f"{self.name}: parameter_info needs a built layer")
+        taps, group_in, _ = (int(d) for d in self._kernel.shape)
         info = {"kernel": ParameterInfo("weight", taps * group_in)}
         if self.use_bias:
             info["bias"] = ParameterInfo("bias")
         return info
+
+    def enable_lora(self, rank: int, *args: Any, **kwargs: Any) -> None:
+        del args, kwargs
+        raise ValueError(f"uu.Conv1D does not support LoRA (rank {rank})")
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), **self.unit_config()}

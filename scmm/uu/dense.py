@@ -1,50 +1,55 @@
 """``scmm.uu.Dense`` / ``DenseReadout``: ``keras.layers.Dense`` with unit-scaled arithmetic.
 
-The kernel starts at N(0, 1); ``call`` is ``scmm.U.linear`` (output fan_in^-1/2, x-gradient
-fan_out^-1/2, tied by the constraint; kernel and bias gradients rows^-1/2). ``role="readout"``
-is the model's output layer: under u-mup it is mu-P's readout (``scmm.U.readout``: output
-1/fan_in, untied unless a constraint is given); under unit scaling it is the ordinary
-projection with the constraint given (``unit_scale`` passes "separate": after the last residual
-add every edge is a cut edge). A non-linear ``activation`` is applied unit-scaled (relu and
-gelu from ``scmm.uscale``, others from ``scmm.U`` when it has them), else refused.
+The kernel starts at N(0, 1) and ``call`` is ``scmm.U.linear`` (output fan_in^-1/2,
+x-gradient fan_out^-1/2, tied by the constraint; kernel and bias gradients rows^-1/2).
+
+``role="readout"`` marks the model's output layer (``DenseReadout``, the PyTorch library's
+``LinearReadout``):
+
+- under "umup" it is mu-P's readout, ``scmm.U.readout``: output 1/fan_in, x-gradient
+  fan_out^-1/2, untied unless ``constraint`` is given ("forward" ties both to 1/fan_in);
+- under "unit" it is the unit-scaling paper's output projection: ``scmm.U.linear`` with the
+  constraint given, "separate" by default (unit output *and* unit x-gradient). The readout
+  comes after the last residual add, where the paper treats every edge as a cut edge; its x's
+  gradient is then the true one times a constant (fan_in / fan_out)^1/4 relative to "gmean".
+
+A non-linear ``activation`` is applied unit-scaled with the layer's constraint
+(``scmm.uu.activation``: relu, gelu (Keras's erf form), silu, tanh, sigmoid); any other is
+refused. Refused too: LoRA and Keras's quantization (``quantize``, ``quantization_config``
+and quantized dtype policies such as "int8_from_float32"), whose kernels bypass the unit
+scales; simulate number formats with ``scmm.simulate_fp8`` / ``precision=`` instead.
 """
 
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import keras
 import tensorflow as tf
 
-from .. import uscale
-from ..parameters import ParameterInfo
 from ..functional.linear import linear, readout
+from ..parameters import ParameterInfo
+from .activation import activation_name, unit_activation
 from .base import PACKAGE, PrecisionLike, UnitScaled
 from .einsum_dense import unit_normal
 
 ROLES = ("weight", "readout")
 
 
-def unit_activation(name: str, constraint: str) -> Optional[Callable[[tf.Tensor], tf.Tensor]]:
-    """The unit-scaled activation called ``name`` (None for linear); ValueError if unknown."""
-    if name in ("linear", "None"):
-        return None
-    if name == "relu":
-        return lambda x: uscale.relu(x, constraint)  # type: ignore[arg-type]
-    if name == "gelu":  # keras.activations.gelu: the exact (erf) form
-        return lambda x: uscale.gelu(x, constraint)  # type: ignore[arg-type]
-    from .. import functional  # pylint: disable=import-outside-toplevel
-
-    fn = getattr(functional, name, None)
-    if fn is None:
-        raise ValueError(f"no unit-scaled activation {name!r}; use relu, gelu or linear")
-    return lambda x: fn(x, constraint=constraint)
+def refuse_keras_quantization(layer: keras.layers.Layer, what: str) -> None:
+    """ValueError if ``layer`` was given a quantized Keras dtype policy."""
+    mode = getattr(layer.dtype_policy, "quantization_mode", None)
+    if mode is not None:
+        raise ValueError(
+            f"{what} does not support Keras's quantized dtype policies (got"
+            f" {layer.dtype_policy.name!r}, mode {mode!r}); use scmm.simulate_fp8 instead"
+        )
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class Dense(UnitScaled, keras.layers.Dense):
     """Unit-scaled ``keras.layers.Dense`` (same arguments; see the module docstring).
 
-    Extra: ``scheme``, ``constraint``, ``precision`` (``scmm.uu.base``) and ``role``. Refused:
-    LoRA and Keras's quantization (simulate formats with ``scmm.simulate_fp8``).
+    Extra: ``scheme``, ``constraint``, ``precision`` (``scmm.uu.base``) and ``role``
+    ("weight" or "readout").
     """
 
     def __init__(  # pylint: disable=too-many-arguments,too-many-positional-arguments
@@ -68,6 +73,7 @@ class Dense(UnitScaled, keras.layers.Dense):
             raise ValueError("uu.Dense does not support Keras quantization; use scmm.simulate_fp8")
         if role not in ROLES:
             raise ValueError(f"uu.Dense role must be one of {ROLES}, got {role!r}")
+        self.activation_name = activation_name(activation)
         super().__init__(
             units,
             activation=activation,
@@ -76,28 +82,34 @@ class Dense(UnitScaled, keras.layers.Dense):
             bias_initializer=bias_initializer,
             **kwargs,
         )
+        refuse_keras_quantization(self, "uu.Dense")
         self.init_unit_scaling(scheme, constraint, precision)
         self.role = role
-        self._unit_activation = unit_activation(
-            keras.activations.serialize(self.activation) if activation else "linear",
-            self.constraint,
-        )
+
+    @property
+    def product_constraint(self) -> Optional[str]:
+        """The constraint ``call`` passes to its product (None: the umup readout, untied)."""
+        if self.role != "readout":
+            return self.constraint
+        if self.scheme == "umup":
+            return self._explicit_constraint
+        return "separate" if self._explicit_constraint is None else self._explicit_constraint
 
     def call(self, inputs: tf.Tensor, training: Any = None) -> tf.Tensor:
         del training
+        constraint: Any = self.product_constraint
         with self.precision_scope():
             if self.role == "readout" and self.scheme == "umup":
-                explicit = self._explicit_constraint
-                y = readout(inputs, self.kernel, self.bias, explicit)  # type: ignore[arg-type]
+                y = readout(inputs, self.kernel, self.bias, constraint)  # (..., units)
             else:
-                y = linear(inputs, self.kernel, self.bias, self.constraint)  # type: ignore[arg-type]
-        return y if self._unit_activation is None else self._unit_activation(y)
+                y = linear(inputs, self.kernel, self.bias, constraint)  # (..., units)
+            return unit_activation(self.activation_name, y, 1.0, self.constraint)
 
     def parameter_info(self) -> dict[str, ParameterInfo]:
         if not self.built:
             raise ValueError(f"{self.name}: parameter_info needs a built layer")
-        role = "readout" if self.role == "readout" else "weight"
-        info = {"kernel": ParameterInfo(role, int(self._kernel.shape[0]))}  # type: ignore[arg-type]
+        role: Any = "readout" if self.role == "readout" else "weight"
+        info = {"kernel": ParameterInfo(role, int(self._kernel.shape[0]))}
         if self.bias is not None:
             info["bias"] = ParameterInfo("bias")
         return info

@@ -2,7 +2,9 @@
 
 The table starts at N(0, 1) (already unit: the forward needs no scale); its gradient is scaled
 by sqrt(vocab / number of ids) (``scmm.U.embedding``), which makes the gradient's RMS over the
-table 1 whatever the id distribution.
+table 1 whatever the id distribution, and stays an ``IndexedSlices``. ``mask_zero`` works as in
+Keras. A lookup has no non-cut edge, so the layer takes no ``constraint``; ``precision`` is
+accepted for uniformity (a gather rounds nothing). Refused: LoRA and Keras's quantization.
 """
 
 from typing import Any, Optional
@@ -13,6 +15,7 @@ import tensorflow as tf
 from ..functional.linear import embedding
 from ..parameters import ParameterInfo
 from .base import PACKAGE, PrecisionLike, UnitScaled
+from .dense import refuse_keras_quantization
 from .einsum_dense import unit_normal
 
 
@@ -43,10 +46,11 @@ class Embedding(UnitScaled, keras.layers.Embedding):
             ),
             **kwargs,
         )
+        refuse_keras_quantization(self, "uu.Embedding")
         self.init_unit_scaling(scheme, None, precision)
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:  # pylint: disable=arguments-differ
-        out = embedding(inputs, self.embeddings)  # (..., output_dim)
+        out = embedding(inputs, self.embeddings)  # (..., output_dim), the table's dtype
         return tf.cast(out, self.compute_dtype)
 
     def parameter_info(self) -> dict[str, ParameterInfo]:
@@ -55,6 +59,10 @@ class Embedding(UnitScaled, keras.layers.Embedding):
     def quantize(self, mode: Any = None, type_check: bool = True, config: Any = None) -> None:
         del type_check, config
         raise ValueError(f"uu.Embedding cannot be quantized with Keras (mode={mode!r})")
+
+    def enable_lora(self, rank: int, *args: Any, **kwargs: Any) -> None:
+        del args, kwargs
+        raise ValueError(f"uu.Embedding does not support LoRA (rank {rank})")
 
     def get_config(self) -> dict[str, Any]:
         config = {**super().get_config(), **self.unit_config()}
