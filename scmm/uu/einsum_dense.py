@@ -124,8 +124,8 @@ class EinsumDense(UnitScaled, keras.layers.EinsumDense):
         # object.__setattr__: Keras's attribute tracker is locked on a built layer, and
         # these are plain settings, not state to track.
         object.__setattr__(layer, "role", "weight")
-        UnitScaled.init_unit_scaling(layer, scheme, constraint, precision)  # type: ignore
-        return layer  # type: ignore[return-value]
+        UnitScaled.init_unit_scaling(layer, scheme, constraint, precision)
+        return layer
 
     def _weight_role(self) -> str:
         return "readout" if self.role == "readout" else "weight"
@@ -137,7 +137,7 @@ class EinsumDense(UnitScaled, keras.layers.EinsumDense):
         if readout and self._explicit_constraint is None:
             constraint = None  # u-muP's readout is unconstrained by default
         with self.precision_scope():
-            y = weight_einsum(self.equation, inputs, self.kernel, constraint, readout=readout)
+            y = weight_einsum(self.equation, inputs, self.kernel, constraint, readout=readout)  # type: ignore[arg-type]
         if self.bias is not None:
             y = add_broadcast_bias(y, self.bias)
         return y

@@ -45,7 +45,7 @@ class Softmax(UnitScaled, keras.layers.Softmax):
                 " its number of live entries. Use U.dot_product_attention for masked attention"
             )
         with self.precision_scope():
-            return softmax(inputs, axis=self.axis, mult=self.mult, constraint=self.constraint)
+            return softmax(inputs, axis=self.axis, mult=self.mult, constraint=self.constraint)  # type: ignore[arg-type]
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), **self.unit_config(), "mult": self.mult}
