@@ -19,16 +19,30 @@ NaN stays NaN in every mode.
 The gradient is straight-through: the incoming gradient passes unchanged where the input is
 within the representable range (or is clamped by saturation), and is zero where a
 non-saturating cast overflowed (the output there is inf/NaN and carries no gradient).
+
+``rounding="stochastic"`` rounds to one of the two neighbouring values of the format instead,
+away from zero with probability equal to the fractional distance ``(|x| - low) / ulp``, so
+the rounding is unbiased in expectation (``stochastic_grid_value`` has the arithmetic and
+its limits). Representable values, infinities and NaN come out as in nearest mode, and so
+does overflow: a value between the largest finite value and the next power of the grid goes
+up to it with probability frac, and is then inf/NaN (non-saturating) like a nearest overflow;
+saturation clamps first. ``seed``: a (2,) integer tensor; the draws are a counter-based hash
+of it and each element's index, so the same seed gives the same roundings eagerly, in
+``tf.function`` and under XLA. ``None`` draws the seed from TensorFlow's stateful generator at
+every call (reproducible under ``tf.random.set_seed`` when not compiled; under XLA it is
+XLA's own generator, fresh each execution).
 """
 
 import dataclasses
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import ml_dtypes
 import numpy as np
 import tensorflow as tf
 
 FormatName = Literal["float32", "bfloat16", "float16", "float8_e4m3fn", "float8_e5m2"]
+Rounding = Literal["nearest", "stochastic"]
+ROUNDINGS: tuple[str, ...] = ("nearest", "stochastic")
 
 # Short names accepted everywhere a format is configured.
 ALIASES = {"e4m3": "float8_e4m3fn", "e4m3fn": "float8_e4m3fn", "e5m2": "float8_e5m2"}
@@ -51,6 +65,9 @@ class Format:
     smallest_normal: float
     smallest_subnormal: float
     has_infinity: bool
+    mantissa_bits: int
+    min_exponent: int
+    """Exponent of the smallest normal value (its ulp is 2^(min_exponent - mantissa_bits))."""
 
     @property
     def dtype(self) -> tf.DType:
@@ -71,30 +88,61 @@ def get_format(name: str) -> Format:
         smallest_normal=float(info.smallest_normal),
         smallest_subnormal=float(info.smallest_subnormal),
         has_infinity=canonical != "float8_e4m3fn",
+        mantissa_bits=int(info.nmant),
+        min_exponent=int(info.minexp),
     )
 
 
-def quantise(x: tf.Tensor, fmt: str, saturate: bool = False) -> tf.Tensor:
-    """``x`` rounded to ``fmt`` (nearest, ties to even) and returned in ``x``'s dtype.
+def quantise(
+    x: tf.Tensor,
+    fmt: str,
+    saturate: bool = False,
+    rounding: str = "nearest",
+    seed: Optional[Any] = None,
+) -> tf.Tensor:
+    """``x`` rounded to ``fmt`` and returned in ``x``'s dtype.
 
-    Straight-through gradient (see the module docstring). Formats at least as wide as
-    ``x``'s dtype in both range and precision (float32 for any input; a 16-bit format for
-    the same 16-bit input) return ``x`` unchanged.
+    rounding: "nearest" (ties to even) or "stochastic" (seed: a (2,) integer tensor, or None
+    for TensorFlow's stateful generator; see the module docstring). Straight-through gradient.
+    Formats at least as wide as ``x``'s dtype in both range and precision (float32 for any
+    input; a 16-bit format for the same 16-bit input) return ``x`` unchanged.
     """
     target = get_format(fmt)
+    check_rounding(rounding)
     if _no_op(x.dtype, target.name):
         return x
-    return _quantise(x, target, saturate)
+    return _quantise(x, target, saturate, rounding, _as_seed(seed))
+
+
+def check_rounding(rounding: str) -> str:
+    """``rounding`` if it is "nearest" or "stochastic", else a ValueError naming it."""
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"unknown rounding {rounding!r}; expected one of {', '.join(ROUNDINGS)}")
+    return rounding
+
+
+def _as_seed(seed: Optional[Any]) -> Optional[tf.Tensor]:
+    if seed is None:
+        return None
+    tensor = tf.convert_to_tensor(seed)
+    if not tensor.dtype.is_integer or tensor.shape.rank != 1 or tensor.shape[0] not in (2, None):
+        raise ValueError(
+            f"stochastic rounding seed must be an integer tensor of shape (2,), got"
+            f" {tensor.dtype.name} of shape {tensor.shape}"
+        )
+    return tensor
 
 
 def _no_op(dtype: tf.DType, target: str) -> bool:
     return target in ("float32", dtype.name)
 
 
-def _quantise(x: tf.Tensor, target: Format, saturate: bool) -> tf.Tensor:
+def _quantise(
+    x: tf.Tensor, target: Format, saturate: bool, rounding: str, seed: Optional[tf.Tensor]
+) -> tf.Tensor:
     @tf.custom_gradient
     def forward(value: tf.Tensor) -> Any:
-        result = _cast_round_trip(value, target, saturate)
+        result = _cast_round_trip(value, target, saturate, rounding, seed)
 
         def grad(upstream: tf.Tensor) -> tf.Tensor:
             if saturate:
@@ -108,26 +156,141 @@ def _quantise(x: tf.Tensor, target: Format, saturate: bool) -> tf.Tensor:
     return forward(x)
 
 
-def _cast_round_trip(x: tf.Tensor, target: Format, saturate: bool) -> tf.Tensor:
+def _cast_round_trip(
+    x: tf.Tensor,
+    target: Format,
+    saturate: bool,
+    rounding: str = "nearest",
+    seed: Optional[tf.Tensor] = None,
+) -> tf.Tensor:
     if saturate:
         limit = tf.constant(target.max_finite, x.dtype)
         clipped = tf.clip_by_value(x, -limit, limit)
         # Clamp finite values only: infinities and NaNs pass to the cast unchanged.
         x = tf.where(tf.math.is_finite(x), clipped, x)
+    if rounding == "stochastic":
+        # A value on the format's grid (or one step past its max): the cast below is then
+        # exact, or overflows exactly as a nearest cast would.
+        on_grid = stochastic_grid_value(tf.cast(x, tf.float32), target, seed)
+        return tf.cast(tf.cast(on_grid, target.dtype), x.dtype)
     return tf.cast(tf.cast(x, target.dtype), x.dtype)
 
 
-def quantise_gradient(x: tf.Tensor, fmt: str, saturate: bool = False) -> tf.Tensor:
-    """Identity in the forward pass; the gradient flowing back through it is quantised."""
+def quantise_gradient(
+    x: tf.Tensor,
+    fmt: str,
+    saturate: bool = False,
+    rounding: str = "nearest",
+    seed: Optional[Any] = None,
+) -> tf.Tensor:
+    """Identity in the forward pass; the gradient flowing back through it is quantised
+    (``rounding`` and ``seed`` as for ``quantise``)."""
     target = get_format(fmt)
+    check_rounding(rounding)
+    seed_tensor = _as_seed(seed)
 
     @tf.custom_gradient
     def identity(value: tf.Tensor) -> Any:
         def grad(upstream: tf.Tensor) -> tf.Tensor:
             if _no_op(upstream.dtype, target.name):
                 return upstream
-            return _cast_round_trip(upstream, target, saturate)
+            return _cast_round_trip(upstream, target, saturate, rounding, seed_tensor)
 
         return tf.identity(value), grad
 
     return identity(x)
+
+
+def stochastic_grid_value(x: tf.Tensor, target: Format, seed: Optional[tf.Tensor]) -> tf.Tensor:
+    """float32 ``x`` stochastically rounded onto ``target``'s grid, still as float32.
+
+    The result is one of the two neighbouring grid values (away from zero with probability
+    frac = (|x| - low) / ulp), or one grid step past the largest finite value, which the
+    caller's cast turns into inf/NaN like a nearest overflow. Non-finite values pass through.
+    """
+    uniform = _uniform(tf.shape(x), seed)
+    if target.name == "bfloat16":
+        return _stochastic_bfloat16(x, uniform)
+    return _stochastic_narrow(x, target, uniform)
+
+
+# Multipliers of the "triple32" integer hash (Chris Wellons' hash-prospector): a bijection on
+# 32-bit words with full avalanche, so hashed consecutive indices are independent-looking bits.
+_HASH_ROUNDS = ((17, 0xED5AD4BB), (11, 0xAC4C1B51), (15, 0x31848BAB))
+
+
+def _uniform(shape: tf.Tensor, seed: Optional[tf.Tensor]) -> tf.Tensor:
+    """Uniform float32 draws in [0, 1), multiples of 2^-24, one per element of ``shape``.
+
+    A counter-based hash of (element index, seed) in int32 arithmetic, not TensorFlow's
+    stateless random ops: their XLA kernels draw different numbers from the eager ones, and
+    a seeded rounding must be the same eagerly, in ``tf.function`` and compiled. ``seed``
+    None: a (2,) seed drawn from TensorFlow's stateful generator (fresh at every call).
+    """
+    if seed is None:
+        seed = tf.random.uniform([2], minval=-(2**31), maxval=2**31 - 1, dtype=tf.int32)
+    seed = tf.cast(seed, tf.int32)  # an int64 seed keeps its low 32 bits
+    xor = tf.bitwise.bitwise_xor
+    key = _hash(xor(seed[0], _hash(xor(seed[1], 0x632BE5AB))))
+    index = tf.reshape(tf.range(tf.reduce_prod(shape), dtype=tf.int32), shape)
+    bits = _hash(_hash(xor(index, key)) + key)
+    # The top 24 bits (a logical shift: mask off the arithmetic shift's sign copies).
+    top = tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, 8), 0xFFFFFF)
+    return tf.cast(top, tf.float32) * 2.0**-24
+
+
+def _hash(x: tf.Tensor) -> tf.Tensor:
+    """triple32 on int32 words (multiplication wraps; right shifts are made logical)."""
+    for shift, multiplier in _HASH_ROUNDS:
+        logical = tf.bitwise.bitwise_and(tf.bitwise.right_shift(x, shift), (1 << (32 - shift)) - 1)
+        x = tf.bitwise.bitwise_xor(x, logical) * _as_int32(multiplier)
+    logical = tf.bitwise.bitwise_and(tf.bitwise.right_shift(x, 14), (1 << 18) - 1)
+    return tf.bitwise.bitwise_xor(x, logical)
+
+
+def _as_int32(word: int) -> int:
+    """A 32-bit word as the int32 with the same bits."""
+    return word - (1 << 32) if word >= 1 << 31 else word
+
+
+def _stochastic_narrow(x: tf.Tensor, target: Format, uniform: tf.Tensor) -> tf.Tensor:
+    """FP8 and float16 targets, in float32 arithmetic.
+
+    The ulp at |x| is 2^(max(floor(log2|x|), min_exponent) - mantissa_bits), at least 2^-24
+    (float16's smallest subnormal), so every intermediate is a normal float32 and exact:
+    |x| / ulp < 2^(mantissa_bits + 1) is a power-of-two division, its floor and fraction are
+    exact, and (floor + up) * ulp is a small integer times a power of two. One limit: TF's CPU
+    kernels flush float32 subnormal inputs (|x| < 2^-126) to zero, so those round to 0
+    (their true chance of rounding up to the format's smallest value is below 2^-102). frac
+    is a multiple of 2^-23 where the format is normal, so P(u < frac) is exact for the
+    uniforms u; in the format's subnormal range it is exact to within 2^-23.
+    """
+    magnitude = tf.abs(x)
+    biased_exponent = tf.bitwise.right_shift(tf.bitcast(magnitude, tf.int32), 23)
+    # floor(log2|x|) for normal float32 (a subnormal's -127 is below every min_exponent).
+    exponent = tf.minimum(biased_exponent - 127, 127)
+    ulp_exponent = tf.maximum(exponent, target.min_exponent) - target.mantissa_bits
+    ulp = tf.bitcast(tf.bitwise.left_shift(ulp_exponent + 127, 23), tf.float32)
+    steps = magnitude / ulp  # exact: a power-of-two division
+    low = tf.floor(steps)
+    up = tf.cast(uniform < steps - low, tf.float32)
+    rounded = (low + up) * ulp
+    return tf.where(tf.math.is_finite(x), tf.where(x < 0, -rounded, rounded), x)
+
+
+def _stochastic_bfloat16(x: tf.Tensor, uniform: tf.Tensor) -> tf.Tensor:
+    """bfloat16 is the top 16 bits of float32, subnormals included: round the bit pattern.
+
+    Integer arithmetic only, so float32 subnormals (bfloat16's own subnormal range) are
+    rounded exactly, which float32 arithmetic under TF's flush-to-zero could not do. Adding
+    one unit to the kept bits is the next bfloat16 value across exponents, up to infinity.
+    """
+    bits = tf.bitcast(x, tf.int32)
+    sign = tf.bitwise.bitwise_and(bits, tf.constant(-(2**31), tf.int32))
+    magnitude = tf.bitwise.bitwise_and(bits, tf.constant(0x7FFFFFFF, tf.int32))
+    dropped = tf.bitwise.bitwise_and(magnitude, tf.constant(0xFFFF, tf.int32))
+    # frac = dropped / 2^16, exact in float32, and uniforms are multiples of 2^-24.
+    up = uniform < tf.cast(dropped, tf.float32) * 2.0**-16
+    kept = magnitude - dropped + tf.where(up, 0x10000, 0)
+    rounded = tf.bitcast(tf.bitwise.bitwise_or(kept, sign), tf.float32)
+    return tf.where(tf.math.is_nan(x), x, rounded)

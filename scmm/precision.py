@@ -16,6 +16,10 @@ arrives at a matmul output), which is what makes FP8 work for them without per-t
 multiplied by the power of two that brings its current abs max to the format's max, and divided
 by it after (exact, being a power of two). The scope is Python state read while a function is
 traced, so a compiled step captures the settings active when it was traced.
+
+``rounding="stochastic"`` rounds every operand and gradient stochastically (``seed=None`` in
+``scmm.formats.quantise``: each rounding op draws from TensorFlow's stateful generator, so
+every tensor and every step gets fresh randomness).
 """
 
 import contextlib
@@ -64,7 +68,7 @@ def _round(x: tf.Tensor, fmt: str, settings: PrecisionSettings) -> tf.Tensor:
 
 
 def _cast(x: tf.Tensor, fmt: str, settings: PrecisionSettings) -> tf.Tensor:
-    y = quantise(x, fmt, saturate=settings.saturate)
+    y = quantise(x, fmt, saturate=settings.saturate, rounding=settings.rounding)
     if settings.subnormals or fmt == "float32":
         return y
     # Flush-to-zero hardware: |y| below the smallest normal reads as 0. The flush is exact

@@ -14,6 +14,8 @@ weights in the compute dtype, updates stochastically rounded (as on IPU)."""
 
 # Formats a matmul operand or gradient can be simulated in (see scmm.formats).
 MATMUL_FORMATS = ("float32", "bfloat16", "float16", "float8_e4m3fn", "float8_e5m2", "e4m3", "e5m2")
+# How a simulated operand or gradient is rounded to its format (see scmm.formats.quantise).
+ROUNDINGS = ("nearest", "stochastic")
 
 
 @dataclasses.dataclass
@@ -48,6 +50,10 @@ class PrecisionSettings:
     subnormals: bool = True
     """false: rounded values below the format's smallest normal become zero, as on hardware
     that flushes subnormals (float16: everything under 2^-14 instead of under 2^-24)."""
+    rounding: Literal["nearest", "stochastic"] = "nearest"
+    """nearest: round to nearest, ties to even (what a cast does); stochastic: round to one of
+    the two neighbouring values, away from zero with probability equal to the fractional
+    distance (unbiased), drawing fresh randomness for every tensor at every step."""
 
     @property
     def enabled(self) -> bool:
@@ -55,7 +61,12 @@ class PrecisionSettings:
         return any(f != "float32" for f in (getattr(self, role) for role in self.ROLES))
 
     def validate(self) -> None:
-        """Raise ValueError naming an unknown format."""
+        """Raise ValueError naming an unknown format or rounding."""
+        if self.rounding not in ROUNDINGS:
+            expected = ", ".join(ROUNDINGS)
+            raise ValueError(
+                f"model.precision.rounding={self.rounding!r}; expected one of {expected}"
+            )
         for role in self.ROLES:
             value = getattr(self, role)
             if value not in MATMUL_FORMATS:

@@ -138,6 +138,9 @@ def migrate_full(tree: dict[str, Any]) -> dict[str, Any]:
     # Added after the golden file: the loss-explosion limit (changes no numbers of these runs).
     new["training"].setdefault("divergence_loss", 10.0)
     new["training"].setdefault("weight_decay_mode", "coupled")  # coupled is today's rule
+    if "precision" in new["model"]:
+        # Added after the golden file: the rounding mode (nearest, as every golden run rounded).
+        new["model"]["precision"].setdefault("rounding", "nearest")
     token = new["model"].get("token", {})
     if token.get("type", "ffn") == "ffn" and "token" in new["model"]:
         token.setdefault("activation", "relu")  # the FFN's nonlinearity, relu as before

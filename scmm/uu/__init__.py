@@ -15,11 +15,14 @@ from .einsum_dense import EinsumDense
 from .embedding import Embedding
 from .merging import Add
 from .normalization import LayerNormalization, RMSNormalization
+from .optimizers import AdamW
+from .parameter_table import KerasParameterTable, parameter_table
 from .residual import Residual
 from .softmax import Softmax
 
 __all__ = [
     "Activation",
+    "AdamW",
     "Add",
     "Conv1D",
     "DEFAULT_CONSTRAINT",
@@ -28,6 +31,7 @@ __all__ = [
     "Dropout",
     "EinsumDense",
     "Embedding",
+    "KerasParameterTable",
     "LayerNormalization",
     "MultiHeadAttention",
     "RMSNormalization",
@@ -37,4 +41,5 @@ __all__ = [
     "Softmax",
     "UnitScaled",
     "losses",
+    "parameter_table",
 ]
