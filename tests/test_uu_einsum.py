@@ -1,20 +1,25 @@
 """scmm.U.einsum / weight_einsum and scmm.uu.EinsumDense: scales, references, Keras contract."""
 
+import pathlib
+from typing import Any, Callable, cast
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from scmm import U, uu
-from scmm.functional.einsum import kernel_fan_in
 import uu_checks
+from scmm import functional as U
+from scmm import uu
+from scmm.functional.einsum import kernel_fan_in
+from scmm.uscale.scaling import Constraint
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(8, 32, 64)).astype("float32")  # (batch, seq, features)
 
 
-def _grads(fn, *tensors, seed=3):
-    tensors = [tf.constant(t) for t in tensors]
+def _grads(fn: Callable, *arrays: np.ndarray, seed: int = 3) -> tuple[Any, Any, Any]:
+    tensors = [tf.constant(t) for t in arrays]
     with tf.GradientTape() as tape:
         tape.watch(tensors)
         out = fn(*tensors)
@@ -24,11 +29,12 @@ def _grads(fn, *tensors, seed=3):
 
 
 @pytest.mark.parametrize("constraint", ["separate", "gmean", "forward", "backward"])
-def test_einsum_scales_follow_the_equation(constraint):
+def test_einsum_scales_follow_the_equation(constraint: str) -> None:
     # bmk,bkn->bmn: ideal output k^-1/2 = 128^-1/2, grad x n^-1/2 = 32^-1/2, grad y m^-1/2.
     x = RNG.normal(size=(16, 64, 128)).astype("float32")
     y = RNG.normal(size=(16, 128, 32)).astype("float32")
-    out, (gx, gy), _ = _grads(lambda a, b: U.einsum("bmk,bkn->bmn", a, b, constraint), x, y)
+    scaled = cast(Constraint, constraint)
+    out, (gx, gy), _ = _grads(lambda a, b: U.einsum("bmk,bkn->bmn", a, b, scaled), x, y)
     ideal = np.array([128**-0.5, 32**-0.5, 64**-0.5])
     tied = {
         "separate": ideal,
@@ -40,7 +46,7 @@ def test_einsum_scales_follow_the_equation(constraint):
     np.testing.assert_allclose(measured, tied / ideal, rtol=0.1)
 
 
-def test_einsum_equals_keras_times_its_scales():
+def test_einsum_equals_keras_times_its_scales() -> None:
     x, y = RNG.normal(size=(4, 8, 16)).astype("float32"), RNG.normal(size=(16, 8)).astype("float32")
     out, (gx, gy), upstream = _grads(lambda a, b: U.einsum("...k,kn->...n", a, b, "separate"), x, y)
     ref, (rx, ry), _ = _grads(lambda a, b: keras.ops.einsum("...k,kn->...n", a, b), x, y)
@@ -51,13 +57,13 @@ def test_einsum_equals_keras_times_its_scales():
     del upstream
 
 
-def test_einsum_dynamic_dims_match_static():
+def test_einsum_dynamic_dims_match_static() -> None:
     x = RNG.normal(size=(4, 8, 16)).astype("float32")
     y = RNG.normal(size=(4, 16, 8)).astype("float32")
     spec = tf.TensorSpec([None, None, 16], tf.float32)
 
     @tf.function(input_signature=[spec, tf.TensorSpec([None, 16, 8], tf.float32)])
-    def dynamic(a, b):
+    def dynamic(a: tf.Tensor, b: tf.Tensor) -> tuple[tf.Tensor, list]:
         with tf.GradientTape() as tape:
             tape.watch([a, b])
             out = U.einsum("bmk,bkn->bmn", a, b)
@@ -76,26 +82,26 @@ def test_einsum_dynamic_dims_match_static():
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)  # pow vs math rounding
 
 
-def test_einsum_errors():
+def test_einsum_errors() -> None:
     x = tf.ones([2, 3])
     with pytest.raises(ValueError, match="explicit"):
         U.einsum("ab,bc", x, tf.ones([3, 2]))
     with pytest.raises(ValueError, match="two operands"):
         U.einsum("ab->ab", x, x)
     with pytest.raises(ValueError, match="unknown constraint 'mean'"):
-        U.einsum("ab,bc->ac", x, tf.ones([3, 2]), "mean")
+        U.einsum("ab,bc->ac", x, tf.ones([3, 2]), "mean")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="does not fit"):
         U.einsum("abc,bc->a", x, tf.ones([3, 2]))
 
 
-def test_weight_einsum_scales_are_unit():
+def test_weight_einsum_scales_are_unit() -> None:
     # (d=64) -> (heads 4, head_dim 16): fan-in 64 = fan-out, so gmean is exact.
     kernel = RNG.normal(size=(64, 4, 16)).astype("float32")
     out, (gx, gk), _ = _grads(lambda a, w: U.weight_einsum("abc,cde->abde", a, w), X, kernel)
     np.testing.assert_allclose([np.std(out), np.std(gx), np.std(gk)], 1.0, rtol=0.1)
 
 
-def test_einsum_dense_equals_keras_with_folded_kernel():
+def test_einsum_dense_equals_keras_with_folded_kernel() -> None:
     layer = uu.EinsumDense("abc,cde->abde", (None, 4, 8), bias_axes="de", constraint="forward")
     out = layer(X)
     layer.bias.assign(RNG.normal(size=layer.bias.shape))
@@ -106,7 +112,7 @@ def test_einsum_dense_equals_keras_with_folded_kernel():
     np.testing.assert_allclose(out, plain(X), rtol=1e-5, atol=1e-6)
 
 
-def test_einsum_dense_gradients_and_dynamic_batch():
+def test_einsum_dense_gradients_and_dynamic_batch() -> None:
     # Bias (4, 1) broadcast over the last dim: each entry reaches 8 x 32 x 16 outputs.
     layer = uu.EinsumDense("abc,cde->abde", (None, 4, 16), bias_axes="d")
     stats = uu_checks.scale_stats(layer, X)
@@ -134,14 +140,14 @@ def test_einsum_dense_gradients_and_dynamic_batch():
         np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
-def test_readout_role_under_umup():
+def test_readout_role_under_umup() -> None:
     layer = uu.EinsumDense("abc,cd->abd", (None, 32), scheme="umup", role="readout")
     out = layer(X)
     assert np.std(out) == pytest.approx(64**-0.5, rel=0.1)  # mu-P's 1/fan_in
     assert layer.parameter_info()["kernel"].role == "readout"
 
 
-def test_fan_in_is_the_contraction():
+def test_fan_in_is_the_contraction() -> None:
     assert kernel_fan_in("abc,cde->abde", (64, 4, 16)) == 64  # MHA query
     assert kernel_fan_in("abcd,cde->abe", (4, 16, 64)) == 64  # MHA output: heads x head_dim
     layer = uu.EinsumDense("abcd,cde->abe", (None, 64), bias_axes="e")
@@ -151,7 +157,7 @@ def test_fan_in_is_the_contraction():
     assert info["bias"].role == "bias"
 
 
-def test_built_from_keras_config_same_variables():
+def test_built_from_keras_config_same_variables() -> None:
     plain = keras.layers.EinsumDense("abc,cde->abde", (None, 4, 16), bias_axes="de", name="proj")
     plain(X)
     config = {k: v for k, v in plain.get_config().items() if k != "kernel_initializer"}
@@ -161,8 +167,10 @@ def test_built_from_keras_config_same_variables():
     assert twin.constraint == "forward"
 
 
-def test_einsum_dense_keras_contract(tmp_path):
-    def make():  # a static sequence dim: check_fit_step sizes its target from the output
+def test_einsum_dense_keras_contract(tmp_path: pathlib.Path) -> None:
+    def make() -> (
+        keras.layers.Layer
+    ):  # a static sequence dim: check_fit_step sizes its target from the output
         return uu.EinsumDense("abc,cde->abde", (32, 4, 16), bias_axes="de")
 
     layer = make()
@@ -173,7 +181,7 @@ def test_einsum_dense_keras_contract(tmp_path):
         uu_checks.check_fit_step(make, X[:4], policy)
 
 
-def test_einsum_dense_errors():
+def test_einsum_dense_errors() -> None:
     with pytest.raises(ValueError, match="activation='relu'"):
         uu.EinsumDense("ab,bc->ac", 4, activation="relu")
     with pytest.raises(ValueError, match="LoRA"):

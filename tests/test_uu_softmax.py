@@ -1,20 +1,24 @@
 """scmm.U.softmax and scmm.uu.Softmax: exact moments, unit-rms scales, Keras contract."""
 
+import pathlib
+from typing import Any
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from scmm import U, uu
-from scmm.functional.softmax import gradient_moment, softmax_scales, sum_square_weights
 import uu_checks
+from scmm import functional as U
+from scmm import uu
+from scmm.functional.softmax import gradient_moment, softmax_scales, sum_square_weights
 
 RNG = np.random.default_rng(0)
 
 
 @pytest.mark.parametrize("variance", [0.25, 1.0, 2.0])
 @pytest.mark.parametrize("count", [1, 3, 8, 64])
-def test_softmax_moments_match_monte_carlo(variance, count):
+def test_softmax_moments_match_monte_carlo(variance: float, count: int) -> None:
     x = RNG.normal(size=(200_000 // count + 2000, count)) * np.sqrt(variance)
     w = np.exp(x - x.max(axis=1, keepdims=True))
     w /= w.sum(axis=1, keepdims=True)
@@ -25,12 +29,12 @@ def test_softmax_moments_match_monte_carlo(variance, count):
         assert moment == pytest.approx(gradient_moment(count, variance), rel=0.02)
 
 
-def _rms(value) -> float:
+def _rms(value: Any) -> float:
     return float(np.sqrt(np.mean(np.square(np.asarray(value)))))
 
 
 @pytest.mark.parametrize("mult", [1.0, 0.25])
-def test_softmax_output_and_gradient_have_unit_rms(mult):
+def test_softmax_output_and_gradient_have_unit_rms(mult: float) -> None:
     x = tf.constant(RNG.normal(size=(128, 256)).astype("float32"))
     with tf.GradientTape() as tape:
         tape.watch(x)
@@ -43,7 +47,7 @@ def test_softmax_output_and_gradient_have_unit_rms(mult):
     assert float(np.mean(y)) == pytest.approx(softmax_scales(256, mult)[0] / 256, rel=1e-4)
 
 
-def test_softmax_equals_keras_times_the_constrained_scale():
+def test_softmax_equals_keras_times_the_constrained_scale() -> None:
     x = tf.constant(RNG.normal(size=(4, 32)).astype("float32"))
     forward, backward = softmax_scales(32, 0.5)
     expected = keras.ops.softmax(x * 0.5) * np.sqrt(forward * backward)
@@ -55,13 +59,13 @@ def test_softmax_equals_keras_times_the_constrained_scale():
     )
 
 
-def test_softmax_scale_limits():
+def test_softmax_scale_limits() -> None:
     uniform = softmax_scales(100, 1e-4)
     assert uniform[0] == pytest.approx(100, rel=1e-3)  # flat: 1 / rms = n
     assert uniform[1] == pytest.approx(100 / 1e-4, rel=1e-2)
 
 
-def test_uu_softmax_layer(tmp_path):
+def test_uu_softmax_layer(tmp_path: pathlib.Path) -> None:
     x = RNG.normal(size=(4, 8, 16)).astype("float32")
     layer = uu.Softmax(axis=1, mult=0.5, constraint="forward")
     np.testing.assert_allclose(layer(x), U.softmax(x, 1, 0.5, "forward"), rtol=1e-6)
@@ -71,15 +75,15 @@ def test_uu_softmax_layer(tmp_path):
         uu_checks.check_fit_step(uu.Softmax, x, policy)
 
 
-def test_softmax_errors():
+def test_softmax_errors() -> None:
     x = tf.ones([2, 3])
     with pytest.raises(ValueError, match="mult must be a finite number > 0, got -1"):
         U.softmax(x, mult=-1.0)
     with pytest.raises(ValueError, match="unknown constraint 'x'"):
-        U.softmax(x, constraint="x")
+        U.softmax(x, constraint="x")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="axis 2 out of range"):
         U.softmax(x, axis=2)
     with pytest.raises(ValueError, match="one int axis"):
-        uu.Softmax(axis=(1, 2))
+        uu.Softmax(axis=(1, 2))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="does not take a mask"):
         uu.Softmax()(x, mask=tf.ones([2, 3], tf.bool))

@@ -149,7 +149,9 @@ def _tie_three(scales: tuple[Factor, Factor, Factor], constraint: str) -> tuple:
     return (tied,) * 3
 
 
-def einsum(subscripts: str, x: tf.Tensor, y: tf.Tensor, constraint: Constraint = "gmean") -> tf.Tensor:
+def einsum(
+    subscripts: str, x: tf.Tensor, y: tf.Tensor, constraint: Constraint = "gmean"
+) -> tf.Tensor:
     """Unit-scaled ``keras.ops.einsum(subscripts, x, y)`` of two activations (non-cut edges).
 
     Ideal scales: output (prod summed dims)^-1/2; x-gradient (prod of y's dims in the output
@@ -170,12 +172,18 @@ def einsum(subscripts: str, x: tf.Tensor, y: tf.Tensor, constraint: Constraint =
         inverse_sqrt(product([sizes[label] for label in equation.summed])),
         inverse_sqrt(
             product(
-                [sizes[label] for label in equation.only_in_output_and(equation.left, equation.right)]
+                [
+                    sizes[label]
+                    for label in equation.only_in_output_and(equation.left, equation.right)
+                ]
             )
         ),
         inverse_sqrt(
             product(
-                [sizes[label] for label in equation.only_in_output_and(equation.right, equation.left)]
+                [
+                    sizes[label]
+                    for label in equation.only_in_output_and(equation.right, equation.left)
+                ]
             )
         ),
     )

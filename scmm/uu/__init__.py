@@ -9,4 +9,11 @@ from .base import DEFAULT_CONSTRAINT, SCHEMES, UnitScaled
 from .einsum_dense import EinsumDense
 from .softmax import Softmax
 
-__all__ = ["DEFAULT_CONSTRAINT", "EinsumDense", "MultiHeadAttention", "SCHEMES", "Softmax", "UnitScaled"]
+__all__ = [
+    "DEFAULT_CONSTRAINT",
+    "EinsumDense",
+    "MultiHeadAttention",
+    "SCHEMES",
+    "Softmax",
+    "UnitScaled",
+]

@@ -8,14 +8,14 @@ number of output entries each bias entry is added to. With ``role="readout"`` un
 output scale is 1/fan_in (mu-P's readout) and an unset constraint leaves it untied.
 """
 
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import keras
 import tensorflow as tf
 
 from ..ops.kernels import as_compute
 from ..parameters import ParameterInfo
-from ..uscale.scaling import scaling
+from ..uscale.scaling import Constraint, scaling
 from ..functional.einsum import kernel_fan_in, parse_equation, weight_einsum
 from .base import PACKAGE, PrecisionLike, UnitScaled
 
@@ -55,7 +55,7 @@ class EinsumDense(UnitScaled, keras.layers.EinsumDense):
     quantization (``quantize``): simulate formats with ``scmm.simulate_fp8`` instead.
     """
 
-    def __init__(  # pylint: disable=too-many-arguments,too-many-locals
+    def __init__(  # pylint: disable=too-many-arguments,too-many-locals,too-many-positional-arguments
         self,
         equation: str,
         output_shape: Any,
@@ -124,8 +124,8 @@ class EinsumDense(UnitScaled, keras.layers.EinsumDense):
         # object.__setattr__: Keras's attribute tracker is locked on a built layer, and
         # these are plain settings, not state to track.
         object.__setattr__(layer, "role", "weight")
-        UnitScaled.init_unit_scaling(layer, scheme, constraint, precision)  # type: ignore
-        return layer  # type: ignore[return-value]
+        UnitScaled.init_unit_scaling(layer, scheme, constraint, precision)
+        return layer
 
     def _weight_role(self) -> str:
         return "readout" if self.role == "readout" else "weight"
@@ -133,7 +133,7 @@ class EinsumDense(UnitScaled, keras.layers.EinsumDense):
     def call(self, inputs: tf.Tensor, training: Any = None) -> tf.Tensor:
         del training
         readout = self.role == "readout" and self.scheme == "umup"
-        constraint: Optional[str] = self.constraint
+        constraint: Optional[Constraint] = cast(Constraint, self.constraint)
         if readout and self._explicit_constraint is None:
             constraint = None  # u-muP's readout is unconstrained by default
         with self.precision_scope():
