@@ -12,6 +12,14 @@ Temperature: "unit" keeps Keras's 1/sqrt(key_dim) (times ``mult``); "umup" uses 
 mult/key_dim. ``parameter_info`` keys are ``"<sub-layer property>.<weight>"``, e.g.
 ``"query_dense.kernel"`` (fan-in = the input features) or ``"output_dense.kernel"`` (fan-in
 heads x value_dim).
+
+Measured at init (d = 256, 4 heads, 128 causal positions, N(0, 1) inputs): output 1.06, query
+input gradient 1.00, key/value input gradient 1.39 (it feeds k and v: sqrt 2). The output
+exceeds 1 by O(d^-1/2) (1.26 at d = 64): k_s and v_s are projections of the same x_s, so for
+fixed weights they correlate and the attended values share a component that the softmax
+average does not shrink (the per-query rule is exact for iid values: ``U.dot_product_attention``).
+The value bias's gradient is ~rms(alpha) (3.6 at 64 causal positions): a bias on every value
+is such a shared component.
 """
 
 from typing import Any, Optional

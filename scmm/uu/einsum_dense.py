@@ -8,14 +8,14 @@ number of output entries each bias entry is added to. With ``role="readout"`` un
 output scale is 1/fan_in (mu-P's readout) and an unset constraint leaves it untied.
 """
 
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import keras
 import tensorflow as tf
 
 from ..ops.kernels import as_compute
 from ..parameters import ParameterInfo
-from ..uscale.scaling import scaling
+from ..uscale.scaling import Constraint, scaling
 from ..functional.einsum import kernel_fan_in, parse_equation, weight_einsum
 from .base import PACKAGE, PrecisionLike, UnitScaled
 
@@ -133,7 +133,7 @@ class EinsumDense(UnitScaled, keras.layers.EinsumDense):
     def call(self, inputs: tf.Tensor, training: Any = None) -> tf.Tensor:
         del training
         readout = self.role == "readout" and self.scheme == "umup"
-        constraint: Optional[str] = self.constraint
+        constraint: Optional[Constraint] = cast(Constraint, self.constraint)
         if readout and self._explicit_constraint is None:
             constraint = None  # u-muP's readout is unconstrained by default
         with self.precision_scope():

@@ -5,12 +5,13 @@ so it sums to that constant, not to 1: use it where the softmax output is an act
 (mixing weights that a later op rescales), not as a probability.
 """
 
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import keras
 import tensorflow as tf
 
 from ..functional.softmax import softmax, softmax_scales
+from ..uscale.scaling import Constraint
 from .base import PACKAGE, PrecisionLike, UnitScaled
 
 
@@ -45,7 +46,9 @@ class Softmax(UnitScaled, keras.layers.Softmax):
                 " its number of live entries. Use U.dot_product_attention for masked attention"
             )
         with self.precision_scope():
-            return softmax(inputs, axis=self.axis, mult=self.mult, constraint=self.constraint)  # type: ignore[arg-type]
+            return softmax(
+                inputs, axis=self.axis, mult=self.mult, constraint=cast(Constraint, self.constraint)
+            )
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), **self.unit_config(), "mult": self.mult}
