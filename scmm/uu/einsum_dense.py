@@ -137,7 +137,7 @@ class EinsumDense(UnitScaled, keras.layers.EinsumDense):
         if readout and self._explicit_constraint is None:
             constraint = None  # u-muP's readout is unconstrained by default
         with self.precision_scope():
-            y = weight_einsum(self.equation, inputs, self.kernel, constraint, readout=readout)  # type: ignore[arg-type]
+            y = weight_einsum(self.equation, inputs, self.kernel, constraint, readout=readout)
         if self.bias is not None:
             y = add_broadcast_bias(y, self.bias)
         return y
