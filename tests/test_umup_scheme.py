@@ -215,9 +215,9 @@ def test_a_umup_run_trains_states_every_rule_and_keeps_them_on_resume(tmp_path: 
     log = read_jsonl(out / "log.jsonl", warn=False)
     assert not [r for r in log if r["kind"] == "calibration"]
     losses = [r["loss"] for r in log if r["kind"] == "train_step"]
-    # It learns: single-step losses are noisy (one measured run ended 0.29 below its start),
-    # so compare the means of the first and last four steps.
-    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.2
+    # It learns. The log holds two train_step records here (first and last); their gap was
+    # measured at 0.29 and 0.36 in two runs, so the margin is 0.2.
+    assert losses[-1] < losses[0] - 0.2
     saved = json.loads((out / "checkpoints" / "settings.json").read_text())
     assert saved["model"]["scaling"]["type"] == "umup"
     # Resumed from the step-16 checkpoint, the run restates the same table and ends where the
