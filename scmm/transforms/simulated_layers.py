@@ -37,6 +37,14 @@ class _Simulated(UnitScaled):
         """Store the formats (validated)."""
         self.init_unit_scaling("unit", None, precision)
 
+    def bias_and_activation(self, y: tf.Tensor) -> tf.Tensor:
+        """What a Keras Dense / EinsumDense does after its product."""
+        bias = getattr(self, "bias", None)
+        if bias is not None:
+            y = ops.add(y, bias)
+        activation = getattr(self, "activation", None)
+        return activation(y) if activation is not None else y
+
     def precision_config(self) -> dict[str, Any]:
         """The formats, for ``get_config``."""
         return {"precision": self.unit_config()["precision"]}
@@ -56,9 +64,7 @@ class SimulatedDense(_Simulated, keras.layers.Dense):
         del training
         with self.precision_scope():
             y = _rounded_product(None, inputs, self.kernel, "weight")  # (..., units)
-        if self.bias is not None:
-            y = ops.add(y, self.bias)
-        return self.activation(y) if self.activation is not None else y
+        return self.bias_and_activation(y)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), **self.precision_config()}
@@ -78,9 +84,7 @@ class SimulatedEinsumDense(_Simulated, keras.layers.EinsumDense):
         del training
         with self.precision_scope():
             y = _rounded_product(self.equation, inputs, self.kernel, "weight")
-        if self.bias is not None:
-            y = ops.add(y, self.bias)
-        return self.activation(y) if self.activation is not None else y
+        return self.bias_and_activation(y)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), **self.precision_config()}
