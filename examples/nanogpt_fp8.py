@@ -150,6 +150,9 @@ def main() -> int:
     parser.add_argument("--eval-windows", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr-fp32", type=float, nargs="+", default=[2**-10, 2**-9, 2**-8, 2**-7])
+    parser.add_argument(
+        "--lr-fp8", type=float, nargs="+", default=None, help="default: the --lr-fp32 grid"
+    )
     parser.add_argument("--lr-unit", type=float, nargs="+", default=[2**-8, 2**-7, 2**-6, 2**-5])
     args = parser.parse_args()
     out = Path(args.out)
@@ -162,7 +165,7 @@ def main() -> int:
 
     from scmm.analysis import analyse
 
-    grids = {"fp32": args.lr_fp32, "fp8": args.lr_fp32, "unit_fp8": args.lr_unit}
+    grids = {"fp32": args.lr_fp32, "fp8": args.lr_fp8 or args.lr_fp32, "unit_fp8": args.lr_unit}
     results: dict[str, Any] = {
         "settings": vars(args),
         "data": description,

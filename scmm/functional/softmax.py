@@ -143,3 +143,18 @@ def softmax(
     if forward == backward:
         return tempered(x) * tf.cast(forward, x.dtype)
     return scaling(tempered(scaling(x, backward=backward)), forward=forward)
+
+
+def gradient_moment_tf(count: tf.Tensor, variance: float) -> tf.Tensor:
+    """``gradient_moment`` for an integer tensor of counts (>= 1), float32 (0 for count 1)."""
+    tables = _laplace_tables(float(variance))
+    n = tf.cast(count, tf.float32)[..., None]
+    log_l = tf.constant(tables["log_l"], tf.float32)
+    power = tf.exp((n - 1.0) * log_l)
+    power2 = tf.exp(tf.maximum(n - 2.0, 0.0) * log_l)
+    s2 = n[..., 0] * tf.reduce_sum(tf.constant(tables["s2"], tf.float32) * power, axis=-1)
+    s3 = n[..., 0] * tf.reduce_sum(tf.constant(tables["s3"], tf.float32) * power, axis=-1)
+    s22 = n[..., 0] * tf.reduce_sum(tf.constant(tables["s4"], tf.float32) * power, axis=-1)
+    pairs = n[..., 0] * (n[..., 0] - 1.0)
+    s22 += pairs * tf.reduce_sum(tf.constant(tables["s22"], tf.float32) * power2, axis=-1)
+    return tf.maximum(s2 - 2.0 * s3 + s22, 0.0)

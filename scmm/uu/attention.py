@@ -13,22 +13,28 @@ mult/key_dim. ``parameter_info`` keys are ``"<sub-layer property>.<weight>"``, e
 ``"query_dense.kernel"`` (fan-in = the input features) or ``"output_dense.kernel"`` (fan-in
 heads x value_dim).
 
-Measured at init (d = 256, 4 heads, 128 causal positions, N(0, 1) inputs): output 1.06, query
-input gradient 1.00, key/value input gradient 1.39 (it feeds k and v: sqrt 2). The output
-exceeds 1 by O(d^-1/2) (1.26 at d = 64): k_s and v_s are projections of the same x_s, so for
-fixed weights they correlate and the attended values share a component that the softmax
-average does not shrink (the per-query rule is exact for iid values: ``U.dot_product_attention``).
-The value bias's gradient is ~rms(alpha) (3.6 at 64 causal positions): a bias on every value
-is such a shared component.
+The attention rule (``scmm.functional.attention``): output alpha(n_t)^1/2 per query row, q/k
+gradients unit for iid inputs (``gradient="unit"``; ``"true"`` keeps the exact gradient).
+Self- and cross-attention feed one tensor to two or three projections whose input gradients
+add; ``call`` gives such a tensor 1/sqrt(uses) in the backward (``share_fan_out``), as a fused
+QKV projection's fan-out rule would.
+
+Measured at init (d = 256, 4 heads, 128 causal positions, N(0, 1) inputs; see the tests):
+output 0.516 against the iid prediction 0.493 (k_s and v_s are projections of the same x_s, so
+for fixed weights the attended values share a component the softmax average does not shrink),
+query input gradient 1.07, key/value input gradient sqrt((1 + 0.49^2) / 2) ~ 0.8 (unit k
+gradient, v's like the output).
 """
 
 from typing import Any, Optional
 
 import keras
 import tensorflow as tf
+from keras.src.backend import get_keras_mask, set_keras_mask
 
-from ..functional.attention import attention_with_probabilities
+from ..functional.attention import GRADIENTS, attention_with_probabilities
 from ..parameters import ParameterInfo
+from ..uscale.scaling import scaling
 from .base import PACKAGE, PrecisionLike, UnitScaled
 from .einsum_dense import EinsumDense, unit_normal
 
@@ -36,12 +42,35 @@ _DEFAULT_AXES = (None, 1, (1,), [1])
 _PROJECTIONS = ("query_dense", "key_dense", "value_dense", "output_dense")
 
 
+def share_fan_out(*inputs: tf.Tensor) -> list[tf.Tensor]:
+    """The inputs, each tensor that reaches k > 1 of them given the gradient factor k^-1/2.
+
+    Self-attention feeds one tensor to the query, key and value projections, whose input
+    gradients add: three unit gradients sum to sqrt(3). A fused (d, 3d) projection would scale
+    its input gradient by 1/sqrt(3d) rather than 1/sqrt(d); this is the same correction for
+    Keras's three separate projections. Sharing is seen by tensor identity (Keras passes the
+    same tensor object for ``mha(x, x)``, in eager, Functional and compiled calls); tensors that
+    are equal but distinct objects are treated as independent. Keras masks are kept.
+    """
+    uses: dict[int, int] = {}
+    for tensor in inputs:
+        uses[id(tensor)] = uses.get(id(tensor), 0) + 1
+    shared: dict[int, tf.Tensor] = {}
+    for tensor in inputs:
+        if uses[id(tensor)] > 1 and id(tensor) not in shared:
+            scaled = scaling(tensor, backward=uses[id(tensor)] ** -0.5)
+            set_keras_mask(scaled, get_keras_mask(tensor))
+            shared[id(tensor)] = scaled
+    return [shared.get(id(tensor), tensor) for tensor in inputs]
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class MultiHeadAttention(UnitScaled, keras.layers.MultiHeadAttention):
     """Unit-scaled ``keras.layers.MultiHeadAttention`` (see the module docstring).
 
     Extra arguments: ``scheme``, ``constraint`` (for the four projections), ``mult`` (the
-    temperature multiplier) and ``precision``. Refused with a ValueError: ``dropout > 0``,
+    temperature multiplier), ``gradient`` ("unit" or "true": the q/k gradient rule of
+    ``U.dot_product_attention``) and ``precision``. Refused with a ValueError: ``dropout > 0``,
     ``use_gate``, ``flash_attention=True``, non-default ``attention_axes``, inputs other than
     (batch, seq, features).
     """
@@ -63,6 +92,7 @@ class MultiHeadAttention(UnitScaled, keras.layers.MultiHeadAttention):
         scheme: str = "unit",
         constraint: Optional[str] = None,
         mult: float = 1.0,
+        gradient: str = "unit",
         precision: PrecisionLike = None,
         **kwargs: Any,
     ):
@@ -82,6 +112,10 @@ class MultiHeadAttention(UnitScaled, keras.layers.MultiHeadAttention):
             )
         if not (isinstance(mult, (int, float)) and mult > 0):
             raise ValueError(f"uu.MultiHeadAttention mult must be a number > 0, got {mult!r}")
+        if gradient not in GRADIENTS:
+            raise ValueError(
+                f"uu.MultiHeadAttention gradient must be one of {GRADIENTS}, got {gradient!r}"
+            )
         super().__init__(
             num_heads,
             key_dim,
@@ -99,6 +133,7 @@ class MultiHeadAttention(UnitScaled, keras.layers.MultiHeadAttention):
         )
         self.init_unit_scaling(scheme, constraint, precision)
         self.mult = float(mult)
+        self.gradient = gradient
 
     # Keras passes shapes by the names in build's signature, so it must spell them out.
     def build(self, query_shape: Any, value_shape: Any, key_shape: Any = None) -> None:
@@ -111,6 +146,27 @@ class MultiHeadAttention(UnitScaled, keras.layers.MultiHeadAttention):
         super().build(query_shape, value_shape, key_shape)
         for dense in (self._query_dense, self._key_dense, self._value_dense, self._output_dense):
             EinsumDense.adopt(dense, self.scheme, self._explicit_constraint, self.precision)
+
+    def call(  # pylint: disable=too-many-arguments,arguments-differ
+        self,
+        query: tf.Tensor,
+        value: tf.Tensor,
+        key: Optional[tf.Tensor] = None,
+        query_mask: Any = None,
+        value_mask: Any = None,
+        key_mask: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        query, value, key = share_fan_out(query, value, value if key is None else key)
+        return super().call(
+            query,
+            value,
+            key,
+            query_mask=query_mask,
+            value_mask=value_mask,
+            key_mask=key_mask,
+            **kwargs,
+        )
 
     def _temperature(self) -> float:
         """The logit scale (before ``mult``): Keras's 1/sqrt(key_dim), or u-muP's 1/key_dim."""
@@ -139,6 +195,7 @@ class MultiHeadAttention(UnitScaled, keras.layers.MultiHeadAttention):
                 scale=self._temperature(),
                 is_causal=use_causal_mask,
                 mult=self.mult,
+                gradient=self.gradient,
             )
         return out, (probabilities if return_attention_scores else None)
 
@@ -153,4 +210,9 @@ class MultiHeadAttention(UnitScaled, keras.layers.MultiHeadAttention):
         return info
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), **self.unit_config(), "mult": self.mult}
+        return {
+            **super().get_config(),
+            **self.unit_config(),
+            "mult": self.mult,
+            "gradient": self.gradient,
+        }
