@@ -187,9 +187,8 @@ def test_simulated_fp8_rounds_every_operand_of_both_einsums(monkeypatch: Any) ->
     # Rounding is idempotent: inputs rounded beforehand give the same bits only if every
     # operand (the value included) is rounded inside.
     with precision.scope(fp8):
-        pre_rounded = U.dot_product_attention(
-            *(quantise(tf.constant(t), "e4m3", saturate=True) for t in (q, k, v)), is_causal=True
-        ).numpy()
+        qq, kq, vq = (quantise(tf.constant(t), "e4m3", saturate=True) for t in (q, k, v))
+        pre_rounded = U.dot_product_attention(qq, kq, vq, is_causal=True).numpy()
     np.testing.assert_array_equal(rounded, pre_rounded)
     assert not np.array_equal(rounded, U.dot_product_attention(q, k, v, is_causal=True).numpy())
 

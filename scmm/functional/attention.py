@@ -188,7 +188,7 @@ def qk_gradient_scales(  # pylint: disable=too-many-arguments,too-many-positiona
     return tf.stop_gradient(beta_q), tf.stop_gradient(_to_query_layout(beta_k, tf.float32))
 
 
-def attention_with_probabilities(  # pylint: disable=too-many-arguments,too-many-locals
+def attention_with_probabilities(  # pylint: disable=too-many-arguments,too-many-locals,too-many-positional-arguments
     query: tf.Tensor,
     key: tf.Tensor,
     value: tf.Tensor,
@@ -252,7 +252,7 @@ def attention_with_probabilities(  # pylint: disable=too-many-arguments,too-many
     return mixed * _to_query_layout(factor, dtype), probabilities
 
 
-def dot_product_attention(  # pylint: disable=too-many-arguments
+def dot_product_attention(  # pylint: disable=too-many-arguments,too-many-positional-arguments
     query: tf.Tensor,
     key: tf.Tensor,
     value: tf.Tensor,
