@@ -10,7 +10,9 @@ with Adam at its own best learning rate from a small grid:
 2. ``fp8``: ``simulate_fp8(gpt)``, every matmul's operands in E4M3 and the gradients arriving
    at them in E5M2 (OCP formats, round to nearest) — the regular model's small gradients
    underflow (the mean cross-entropy's non-target logit gradients are about 1/(vocab x tokens));
-3. ``unit_fp8``: ``unit_scale(simulate_fp8(gpt))`` — the same model unit-scaled, in the same FP8.
+3. ``unit_fp8``: ``unit_scale(simulate_fp8(gpt))`` — the same model unit-scaled, in the same FP8;
+4. ``unit_fp32``: ``unit_scale(gpt)`` in FP32, the control that isolates what FP8 costs the
+   unit-scaled model (``--variants`` picks a subset; all four by default).
 
 It prints a table of final validation loss (nats/char) per model and LR, writes
 ``results.json``, ``loss_curves.png`` and the scale analysis at initialisation of the regular
@@ -111,6 +113,9 @@ def train(
     return {"curve": curve, "valid": valid_loss(), "seconds": time.time() - started}
 
 
+VARIANTS = ("fp32", "fp8", "unit_fp8", "unit_fp32")
+
+
 def build_variants(
     vocab: int, args: argparse.Namespace
 ) -> dict[str, tuple[Any, Callable[..., Any]]]:
@@ -132,6 +137,7 @@ def build_variants(
             scmm.unit_scale(scmm.simulate_fp8(gpt)),
             SparseCategoricalCrossentropy(from_logits=True),
         ),
+        "unit_fp32": (scmm.unit_scale(gpt), SparseCategoricalCrossentropy(from_logits=True)),
     }
 
 
@@ -154,6 +160,13 @@ def main() -> int:
         "--lr-fp8", type=float, nargs="+", default=None, help="default: the --lr-fp32 grid"
     )
     parser.add_argument("--lr-unit", type=float, nargs="+", default=[2**-8, 2**-7, 2**-6, 2**-5])
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=VARIANTS,
+        default=list(VARIANTS),
+        help="which models to train (the summary compares against fp32 when it is run)",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -165,7 +178,13 @@ def main() -> int:
 
     from scmm.analysis import analyse
 
-    grids = {"fp32": args.lr_fp32, "fp8": args.lr_fp8 or args.lr_fp32, "unit_fp8": args.lr_unit}
+    grids = {
+        "fp32": args.lr_fp32,
+        "fp8": args.lr_fp8 or args.lr_fp32,
+        "unit_fp8": args.lr_unit,
+        "unit_fp32": args.lr_unit,
+    }
+    grids = {name: grid for name, grid in grids.items() if name in args.variants}
     results: dict[str, Any] = {
         "settings": vars(args),
         "data": description,
@@ -191,7 +210,7 @@ def main() -> int:
         )
         summary[name] = {"best_lr": float(best_lr), "valid": runs[best_lr]["valid"]}
     results["summary"] = summary
-    base = summary["fp32"]["valid"]
+    base = summary["fp32"]["valid"] if "fp32" in summary else float("nan")
     print("\nmodel      best LR   valid nats   vs fp32")
     for name, row in summary.items():
         print(
