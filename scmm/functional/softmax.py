@@ -66,13 +66,17 @@ def sum_square_weights(count: Union[int, np.ndarray], variance: float) -> np.nda
     return np.asarray(n[..., 0] * np.sum(tables["s2"] * np.exp((n - 1) * tables["log_l"]), -1))
 
 
+def _laplace_term(tables: dict, name: str, n: tf.Tensor, skip: float) -> tf.Tensor:
+    """sum_k tables[name]_k * l_k^max(n - skip, 0) for counts n (..., 1), float32 (...)."""
+    log_l = tf.constant(tables["log_l"], tf.float32)
+    power = tf.exp(tf.maximum(n - skip, 0.0) * log_l)
+    return tf.reduce_sum(tf.constant(tables[name], tf.float32) * power, axis=-1)
+
+
 def sum_square_weights_tf(count: tf.Tensor, variance: float) -> tf.Tensor:
     """``sum_square_weights`` for an integer tensor of counts (>= 1), float32."""
-    tables = _laplace_tables(float(variance))
     n = tf.cast(count, tf.float32)[..., None]
-    log_l = tf.constant(tables["log_l"], tf.float32)
-    s2 = tf.constant(tables["s2"], tf.float32)
-    return n[..., 0] * tf.reduce_sum(s2 * tf.exp((n - 1.0) * log_l), axis=-1)
+    return n[..., 0] * _laplace_term(_laplace_tables(float(variance)), "s2", n, 1.0)
 
 
 def gradient_moment(count: int, variance: float) -> float:
@@ -149,12 +153,10 @@ def gradient_moment_tf(count: tf.Tensor, variance: float) -> tf.Tensor:
     """``gradient_moment`` for an integer tensor of counts (>= 1), float32 (0 for count 1)."""
     tables = _laplace_tables(float(variance))
     n = tf.cast(count, tf.float32)[..., None]
-    log_l = tf.constant(tables["log_l"], tf.float32)
-    power = tf.exp((n - 1.0) * log_l)
-    power2 = tf.exp(tf.maximum(n - 2.0, 0.0) * log_l)
-    s2 = n[..., 0] * tf.reduce_sum(tf.constant(tables["s2"], tf.float32) * power, axis=-1)
-    s3 = n[..., 0] * tf.reduce_sum(tf.constant(tables["s3"], tf.float32) * power, axis=-1)
-    s22 = n[..., 0] * tf.reduce_sum(tf.constant(tables["s4"], tf.float32) * power, axis=-1)
+    s2 = sum_square_weights_tf(count, variance)
+    s3 = n[..., 0] * _laplace_term(tables, "s3", n, 1.0)
     pairs = n[..., 0] * (n[..., 0] - 1.0)
-    s22 += pairs * tf.reduce_sum(tf.constant(tables["s22"], tf.float32) * power2, axis=-1)
+    s22 = n[..., 0] * _laplace_term(tables, "s4", n, 1.0) + pairs * _laplace_term(
+        tables, "s22", n, 2.0
+    )
     return tf.maximum(s2 - 2.0 * s3 + s22, 0.0)
