@@ -66,6 +66,68 @@ def test_a_dense_layer_multiplies_e4m3_operands_and_passes_back_an_e5m2_gradient
     assert not np.array_equal(y.numpy(), model.get_layer("hidden")(x).numpy())
 
 
+def _raw_ops_model() -> keras.Model:
+    """Products written as keras.ops calls, not layers (a user's hand-rolled attention)."""
+    q, k = keras.Input((16, 32), name="q"), keras.Input((16, 32), name="k")
+    scores = keras.ops.einsum("bsd,btd->bst", q, k)  # (batch, seq, seq)
+    return keras.Model([q, k], keras.ops.matmul(scores, k))  # (batch, seq, 32)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_raw_keras_ops_matmul_and_einsum_are_rounded_both_ways(jit: bool) -> None:
+    model = _raw_ops_model()
+    simulated = simulate_fp8(model)
+    report = simulated.scmm_report
+    assert not report.unhandled
+    # (Keras numbers op nodes per process: einsum, einsum_1, ...)
+    assert sorted((e.kind, e.replacement) for e in report.replaced) == [
+        ("ops.Einsum", "SimulatedOp"),
+        ("ops.Matmul", "SimulatedOp"),
+    ]
+    q = tf.constant(RNG.normal(size=(4, 16, 32)).astype("float32") * 3)
+    k = tf.constant(RNG.normal(size=(4, 16, 32)).astype("float32"))
+    g = tf.constant(RNG.normal(size=(4, 16, 32)).astype("float32") * 1e-3)
+
+    def simulated_pass(q: tf.Tensor, k: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        with tf.GradientTape() as tape:
+            tape.watch([q, k])
+            y = simulated([q, k])
+        return (y, *tape.gradient(y, [q, k], output_gradients=g))
+
+    def reference_pass(q: tf.Tensor, k: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        q8, k8 = quantise(q, "e4m3"), quantise(k, "e4m3")
+        scores = tf.einsum("bsd,btd->bst", q8, k8)
+        s8 = quantise(scores, "e4m3")
+        y = tf.matmul(s8, k8)
+        g8 = quantise(g, "e5m2")
+        # The gradient into the scores is rounded too, where it arrives at the einsum's output.
+        g_scores = quantise(tf.matmul(g8, k8, transpose_b=True), "e5m2")
+        g_q = tf.einsum("bst,btd->bsd", g_scores, k8)
+        g_k = tf.matmul(s8, g8, transpose_a=True) + tf.einsum("bst,bsd->btd", g_scores, q8)
+        return y, g_q, g_k
+
+    if jit:
+        simulated_pass = tf.function(simulated_pass, jit_compile=True)
+        reference_pass = tf.function(reference_pass, jit_compile=True)
+    for got, expected in zip(simulated_pass(q, k), reference_pass(q, k)):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-6, atol=1e-9)
+    y = simulated_pass(q, k)[0].numpy()
+    np.testing.assert_array_equal(y, reference_pass(q, k)[0].numpy())
+    assert not np.array_equal(y, model([q, k]).numpy())
+
+
+def test_raw_ops_commute_with_unit_scale() -> None:
+    from scmm.transforms import unit_scale  # pylint: disable=import-outside-toplevel
+
+    model = _raw_ops_model()
+    one, other = unit_scale(simulate_fp8(model)), simulate_fp8(unit_scale(model))
+    configs = [[layer.get_config() for layer in m.layers] for m in (one, other)]
+    assert configs[0] == configs[1]
+    assert [type(layer).__name__ for layer in one.layers][-2:] == ["FunctionalOp"] * 2
+    x = [RNG.normal(size=(4, 16, 32)).astype("float32") for _ in range(2)]
+    np.testing.assert_array_equal(one(x).numpy(), other(x).numpy())
+
+
 def test_every_product_of_attention_conv_and_einsum_layers_is_rounded(monkeypatch: Any) -> None:
     simulated = simulate_fp8(_attention_model())
     seen: list[tuple[str, np.ndarray]] = []

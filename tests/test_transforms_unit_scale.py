@@ -149,6 +149,71 @@ def test_a_transformed_model_saves_loads_and_fits_under_xla(tmp_path: Path) -> N
     assert history.history["loss"][-1] < history.history["loss"][0]
 
 
+def test_umup_swaps_keras_adamw_for_uu_adamw_with_the_branches_found() -> None:
+    depth = 4  # 8 residual branches: u-mup's L = 4, so a branch weight is at fan_in^-1/2 / 2
+    gpt = build_gpt(VOCAB, SEQ, WIDTH, depth, heads=4, batch=8)
+    gpt.compile(
+        optimizer=keras.optimizers.AdamW(2**-6, weight_decay=0.1, global_clipnorm=1.0),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    scaled = unit_scale(gpt, scheme="umup")
+    optimizer = scaled.optimizer
+    assert isinstance(optimizer, uu.AdamW)
+    assert (optimizer.weight_decay, optimizer.global_clipnorm) == (0.1, 1.0)
+    assert "optimizer" in {e.name for e in scaled.scmm_report.replaced}
+    table = uu.parameter_table(scaled, branches=scaled.scmm_report.branches(), allow_unknown=True)
+    by_user = uu.AdamW(parameters=scaled)  # a model from unit_scale brings its branches too
+    x, y = _tokens()
+    scaled.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    rates = optimizer.effective_rates()
+    expected = uu.AdamW(parameters=table).effective_rates()
+    assert {p: r.learning_rate_multiplier for p, r in rates.items()} == {
+        p: r.learning_rate_multiplier for p, r in expected.items()
+    }
+    assert by_user.effective_rates().keys() == rates.keys()
+    assert all(
+        by_user.effective_rates()[p].learning_rate_multiplier == r.learning_rate_multiplier
+        for p, r in rates.items()
+    )
+    branch_kernels = [
+        r.learning_rate_multiplier
+        for p, r in rates.items()
+        if p.endswith("kernel") and "fc" in p and "lm_head" not in p
+    ]
+    assert branch_kernels and all(
+        m == pytest.approx(WIDTH**-0.5 * (depth**-0.5)) for m in branch_kernels
+    )
+
+
+def test_unit_scheme_keeps_the_optimizer_and_umup_notes_one_it_cannot_swap() -> None:
+    gpt = build_gpt(VOCAB, SEQ, WIDTH, 1, heads=4, batch=8)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    gpt.compile(optimizer=keras.optimizers.AdamW(1e-3), loss=loss)
+    assert (
+        type(unit_scale(gpt).optimizer) is keras.optimizers.AdamW
+    )  # pylint: disable=unidiomatic-typecheck
+    gpt.compile(optimizer=keras.optimizers.SGD(1e-2), loss=loss)
+    scaled = unit_scale(gpt, scheme="umup")
+    assert isinstance(scaled.optimizer, keras.optimizers.SGD)
+    assert any("SGD kept" in note for note in scaled.scmm_report.notes)
+
+
+def test_raw_keras_ops_einsum_and_matmul_become_unit_scaled_ops() -> None:
+    q, k, v = (keras.Input((64, 128)) for _ in range(3))
+    scores = keras.ops.einsum("bsd,btd->bst", q, k)  # (batch, seq, seq): std sqrt(128) plain
+    model = keras.Model([q, k, v], keras.ops.matmul(scores, v))
+    scaled = unit_scale(model)
+    assert not scaled.scmm_report.unhandled
+    assert [e.replacement for e in scaled.scmm_report.replaced] == ["U.einsum", "U.matmul"]
+    x = [RNG.normal(size=(16, 64, 128)).astype("float32") for _ in range(3)]
+    plain = model(x).numpy()
+    assert np.std(plain) == pytest.approx(128**0.5 * 64**0.5, rel=0.1)
+    # The unit scheme's gmean constraint ties each op's output scale to its gradient scales:
+    # einsum sum 128, grads 64 and 64: output std sqrt(128) (128*64*64)^-1/6 = 2^(1/3);
+    # matmul sum 64, grads 128 and 64: 8 (64*128*64)^-1/6 = 2^(-1/6); together 2^(1/6).
+    assert np.std(scaled(x).numpy()) == pytest.approx(2 ** (1 / 6), rel=0.1)
+
+
 class _Block(keras.Model):
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)

@@ -21,11 +21,14 @@ from .readout import readout_layers
 from .registry import MATMUL_LAYERS, is_layer, keras_class
 from .report import Entry, Status, TransformReport
 from .rewrite import CallSite, rewrite
-from .simulated_layers import SIMULATED
+from .registry import OP_TWINS, op_options
+from .simulated_layers import SIMULATED, SimulatedOp
 from .twins import copy_weights
 
-# keras.ops products in a Functional graph that are not rounded (write them as layers).
-PRODUCT_OPS = ("Matmul", "Einsum", "Dot", "Tensordot", "DotProductAttention", "Conv")
+# keras.ops products in a Functional graph: matmul and einsum become ``SimulatedOp`` layers;
+# the others are not rounded (reported unhandled: write them as layers).
+SIMULATED_OPS = ("Matmul", "Einsum")
+PRODUCT_OPS = (*SIMULATED_OPS, "Dot", "Tensordot", "DotProductAttention", "Conv")
 
 
 def simulate_fp8(
@@ -80,6 +83,13 @@ def simulate_format(
         del mapping
         if not is_layer(site.original):
             kind = type(site.original).__name__
+            if kind in SIMULATED_OPS and not site.kwargs and len(site.args) == 2:
+                function, names = OP_TWINS[kind]
+                report.add(Entry(site.node.name, f"ops.{kind}", "replaced", "SimulatedOp"))
+                layer = SimulatedOp(
+                    function, op_options(site.original, names), settings, name=site.node.name
+                )
+                return layer(*site.args)
             status: Status = "unhandled" if kind in PRODUCT_OPS else "unchanged"
             report.add(Entry(site.node.name, f"ops.{kind}", status))
         return site.default()

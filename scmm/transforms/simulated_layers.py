@@ -192,6 +192,41 @@ class SimulatedMultiHeadAttention(_Simulated, keras.layers.MultiHeadAttention):
         return {**super().get_config(), **self.precision_config()}
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SimulatedOp(_Simulated, keras.layers.Layer):
+    """A ``keras.ops.matmul`` / ``keras.ops.einsum`` node of a Functional graph with simulated
+    formats: both operands rounded as activations, the gradient at the product rounded."""
+
+    FUNCTIONS = ("matmul", "einsum")
+
+    def __init__(
+        self,
+        function: str,
+        options: Optional[dict[str, Any]] = None,
+        precision: PrecisionLike = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        if function not in self.FUNCTIONS:
+            raise ValueError(f"SimulatedOp simulates {self.FUNCTIONS}, got {function!r}")
+        self.function = function
+        self.options = dict(options or {})
+        self.init_precision(precision)
+
+    def call(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:  # pylint: disable=arguments-differ
+        equation = self.options.get("subscripts") if self.function == "einsum" else None
+        with self.precision_scope():
+            return _rounded_product(equation, x, y, "activation")
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "function": self.function,
+            "options": dict(self.options),
+            **self.precision_config(),
+        }
+
+
 SIMULATED = {
     cls.simulates: cls
     for cls in (SimulatedDense, SimulatedEinsumDense, SimulatedConv1D, SimulatedMultiHeadAttention)

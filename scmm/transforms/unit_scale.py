@@ -39,6 +39,7 @@ from .registry import (
 from .readout import readout_layers
 from .report import Entry, Status, ResidualReport, TransformReport
 from .rewrite import CallSite, rewrite
+from .simulated_layers import SimulatedOp
 from .twins import copy_weights, make_twin
 
 Replace = Mapping[Union[type, str], Callable[[keras.layers.Layer], keras.layers.Layer]]
@@ -97,9 +98,9 @@ def unit_scale(
         from .subclassed import unit_scale_subclassed
 
         new = unit_scale_subclassed(model, scheme, replace or {}, weights, inplace, report)
-    _swap_loss(model, new, report)
-    report.warn_unhandled()
     new.scmm_report = report
+    _swap_loss(model, new, scheme, report)
+    report.warn_unhandled()
     return new
 
 
@@ -189,6 +190,19 @@ def _twin_for(
             Entry(layer.name, type(layer).__name__, "replaced", type(new).__name__, "user replace")
         )
         return new
+    if isinstance(layer, SimulatedOp):  # a keras.ops product simulate_fp8 made a layer
+        from ..uu.graph_ops import FunctionalOp
+
+        after = plan is not None and plan.unconstrained(layer)
+        report.add(Entry(layer.name, "SimulatedOp", "replaced", f"U.{layer.function}"))
+        return FunctionalOp(
+            layer.function,
+            layer.options,
+            scheme=scheme,
+            constraint="separate" if after else None,
+            precision=layer.precision,
+            name=layer.name,
+        )
     if name in LAYER_TWINS:
         readout = plan is not None and id(layer) in plan.readouts
         unconstrained = readout or (plan is not None and plan.unconstrained(layer))
@@ -283,7 +297,11 @@ def _op_call(site: CallSite, scheme: str, plan: _Plan, report: TransformReport) 
         function, option_names = OP_TWINS[name]
         constraint = "separate" if site.node.key in plan.after_last else None
         layer = FunctionalOp(
-            function, op_options(site.original, option_names), scheme=scheme, constraint=constraint
+            function,
+            op_options(site.original, option_names),
+            scheme=scheme,
+            constraint=constraint,
+            name=site.node.name,
         )
         report.add(Entry(site.node.name, kind, "replaced", f"U.{function}"))
         return layer(*site.args, **site.kwargs)
@@ -334,8 +352,11 @@ def _sequential(
     return new
 
 
-def _swap_loss(original: keras.Model, new: keras.Model, report: TransformReport) -> None:
-    """Compile ``new`` like ``original`` with the unit-scaled loss (when it was compiled)."""
+def _swap_loss(
+    original: keras.Model, new: keras.Model, scheme: str, report: TransformReport
+) -> None:
+    """Compile ``new`` like ``original`` with the unit-scaled loss (when it was compiled), and
+    under u-mup with ``uu.AdamW`` in place of Keras's Adam/AdamW."""
     if not getattr(original, "compiled", False):
         report.notes.append(
             "the model was not compiled: compile it with"
@@ -346,7 +367,38 @@ def _swap_loss(original: keras.Model, new: keras.Model, report: TransformReport)
 
     loss, entry = unit_scaled_loss(original.loss)
     report.add(entry)
-    optimizer = keras.optimizers.deserialize(keras.optimizers.serialize(original.optimizer))
+    optimizer = _optimizer_for(original.optimizer, new, scheme, report)
     new.compile(
         optimizer=optimizer, loss=loss, jit_compile=getattr(original, "jit_compile", "auto")
     )
+
+
+def _optimizer_for(
+    optimizer: Any, new: keras.Model, scheme: str, report: TransformReport
+) -> keras.optimizers.Optimizer:
+    """A fresh copy of ``optimizer``; under u-mup, Keras's Adam/AdamW becomes ``uu.AdamW`` with
+    the per-parameter rates of ``new`` (its residual branches from the report)."""
+    copy = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
+    # Exactly Keras's classes: a subclass may step differently.
+    kind = type(optimizer)
+    if scheme != "umup" or kind not in (keras.optimizers.Adam, keras.optimizers.AdamW):
+        if scheme == "umup" and not type(optimizer).__module__.startswith("scmm."):
+            report.notes.append(
+                f"optimizer {kind.__name__} kept: u-mup's learning-rate rules are applied only"
+                " by scmm.uu.AdamW (Keras's Adam/AdamW are swapped for it)"
+            )
+        return copy
+    from ..uu.optimizers import AdamW
+    from ..uu.parameter_table import parameter_table
+
+    config = copy.get_config()
+    config.pop("name", None)
+    # Keras's Adam has no decay (weight_decay None); its AdamW decays by weight_decay.
+    config["weight_decay"] = float(config.get("weight_decay") or 0.0)
+    if isinstance(config["learning_rate"], dict):  # a serialised schedule
+        config["learning_rate"] = keras.optimizers.schedules.deserialize(config["learning_rate"])
+    table = parameter_table(new, branches=report.branches(), allow_unknown=True)
+    report.add(
+        Entry("optimizer", kind.__name__, "replaced", "uu.AdamW", "u-mup learning-rate rules")
+    )
+    return AdamW(parameters=table, **config)

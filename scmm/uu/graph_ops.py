@@ -23,6 +23,9 @@ import tensorflow as tf
 from .. import uscale
 from .base import PACKAGE, PrecisionLike, UnitScaled
 
+# Options an op takes positionally before its tensor inputs.
+LEADING_OPTIONS = ("subscripts",)
+
 
 def _check_tau(tau: float) -> float:
     if not 0.0 < float(tau) < 1.0:
@@ -92,8 +95,10 @@ class FunctionalOp(UnitScaled, keras.layers.Layer):
         options = dict(self.options)
         if "constraint" in inspect.signature(fn).parameters:
             options["constraint"] = self.constraint
+        # keras.ops.einsum's subscripts come before its operands (U.einsum(subscripts, x, y)).
+        leading = [options.pop(name) for name in LEADING_OPTIONS if name in options]
         with self.precision_scope():
-            return fn(*inputs, **options)
+            return fn(*leading, *inputs, **options)
 
     def get_config(self) -> dict[str, Any]:
         return {

@@ -242,8 +242,11 @@ def _table_source(
         return parameters
     if isinstance(parameters, keras.layers.Layer):
         # A function, not the model: an optimiser attribute holding the model would make it a
-        # checkpoint dependency of its own optimiser.
-        return functools.partial(parameter_table, parameters)
+        # checkpoint dependency of its own optimiser. A model from ``unit_scale`` knows which
+        # layers sit in which residual branch (its graph adds are not ``branch`` wrappers).
+        report = getattr(parameters, "scmm_report", None)
+        branches = report.branches() if report is not None else None
+        return functools.partial(parameter_table, parameters, branches=branches)
     if parameters is None:
         raise ValueError(
             "uu.AdamW needs parameters=: the keras.Model built from scmm.uu layers, or"
