@@ -59,6 +59,7 @@ class Activation(UnitScaled, keras.layers.Activation):
     def __init__(
         self,
         activation: Any,
+        *,
         mult: float = 1.0,
         scheme: str = "unit",
         constraint: Optional[str] = None,
@@ -92,6 +93,7 @@ class ReLU(UnitScaled, keras.layers.ReLU):
         max_value: Optional[float] = None,
         negative_slope: float = 0.0,
         threshold: float = 0.0,
+        *,
         scheme: str = "unit",
         constraint: Optional[str] = None,
         precision: PrecisionLike = None,

@@ -59,14 +59,22 @@ class Dense(UnitScaled, keras.layers.Dense):
         use_bias: bool = True,
         kernel_initializer: Any = None,
         bias_initializer: Any = "zeros",
+        kernel_regularizer: Any = None,
+        bias_regularizer: Any = None,
+        activity_regularizer: Any = None,
+        kernel_constraint: Any = None,
+        bias_constraint: Any = None,
         lora_rank: Optional[int] = None,
+        lora_alpha: Optional[float] = None,
         quantization_config: Any = None,
+        *,
         scheme: str = "unit",
         constraint: Optional[str] = None,
         precision: PrecisionLike = None,
         role: str = "weight",
         **kwargs: Any,
     ):
+        del lora_alpha  # (LoRA is refused below)
         if lora_rank:
             raise ValueError(f"uu.Dense does not support LoRA, got lora_rank={lora_rank}")
         if quantization_config is not None:
@@ -80,6 +88,11 @@ class Dense(UnitScaled, keras.layers.Dense):
             use_bias=use_bias,
             kernel_initializer=unit_normal() if kernel_initializer is None else kernel_initializer,
             bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
             **kwargs,
         )
         refuse_keras_quantization(self, "uu.Dense")

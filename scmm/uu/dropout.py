@@ -24,6 +24,7 @@ class Dropout(UnitScaled, keras.layers.Dropout):
         rate: float,
         noise_shape: Any = None,
         seed: Optional[int] = None,
+        *,
         scheme: str = "unit",
         constraint: Optional[str] = None,
         precision: PrecisionLike = None,

@@ -71,6 +71,7 @@ class EinsumDense(UnitScaled, keras.layers.EinsumDense):
         lora_alpha: Optional[float] = None,
         gptq_unpacked_column_size: Optional[int] = None,
         quantization_config: Any = None,
+        *,
         scheme: str = "unit",
         constraint: Optional[str] = None,
         precision: PrecisionLike = None,

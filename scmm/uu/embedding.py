@@ -28,12 +28,19 @@ class Embedding(UnitScaled, keras.layers.Embedding):
         input_dim: int,
         output_dim: int,
         embeddings_initializer: Any = None,
+        embeddings_regularizer: Any = None,
+        embeddings_constraint: Any = None,
+        mask_zero: bool = False,
+        weights: Any = None,
         lora_rank: Optional[int] = None,
+        lora_alpha: Optional[float] = None,
         quantization_config: Any = None,
+        *,
         scheme: str = "unit",
         precision: PrecisionLike = None,
         **kwargs: Any,
     ):
+        del lora_alpha  # (LoRA is refused below)
         if lora_rank:
             raise ValueError(f"uu.Embedding does not support LoRA, got lora_rank={lora_rank}")
         if quantization_config is not None:
@@ -44,6 +51,10 @@ class Embedding(UnitScaled, keras.layers.Embedding):
             embeddings_initializer=(
                 unit_normal() if embeddings_initializer is None else embeddings_initializer
             ),
+            embeddings_regularizer=embeddings_regularizer,
+            embeddings_constraint=embeddings_constraint,
+            mask_zero=mask_zero,
+            weights=weights,
             **kwargs,
         )
         refuse_keras_quantization(self, "uu.Embedding")

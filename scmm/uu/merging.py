@@ -21,6 +21,7 @@ class Add(UnitScaled, keras.layers.Add):
 
     def __init__(
         self,
+        *,
         scheme: str = "unit",
         constraint: Optional[str] = None,
         precision: PrecisionLike = None,

@@ -26,6 +26,7 @@ class Softmax(UnitScaled, keras.layers.Softmax):
     def __init__(
         self,
         axis: int = -1,
+        *,
         scheme: str = "unit",
         constraint: Optional[str] = None,
         mult: float = 1.0,
