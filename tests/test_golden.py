@@ -149,6 +149,9 @@ def migrate_full(tree: dict[str, Any]) -> dict[str, Any]:
     # Added after the golden file: the loss-explosion limit (changes no numbers of these runs).
     new["training"].setdefault("divergence_loss", 10.0)
     new["training"].setdefault("weight_decay_mode", "coupled")  # coupled is today's rule
+    # Added after the golden file: gradient accumulation (off: one micro-batch per step).
+    new["training"].setdefault("accumulation_steps", 1)
+    new["training"].setdefault("accumulation_mode", "mean")
     if "precision" in new["model"]:
         # Added after the golden file: the rounding mode (nearest, as every golden run rounded).
         new["model"]["precision"].setdefault("rounding", "nearest")

@@ -26,6 +26,7 @@ from typing import Any, Union
 
 import tensorflow as tf
 
+from ..uscale.batch_split import global_rows
 from ..uscale.ops import weight_contraction
 from ..uscale.scaling import CONSTRAINTS, Constraint, constrain
 from .einsum import inverse_sqrt, product
@@ -136,5 +137,5 @@ def conv1d(  # pylint: disable=too-many-arguments
             padded, w, strides=strides, padding="VALID", dilations=dilation
         )  # (b, out_steps, c_out)
 
-    rows = product([_dim(x, 0), out_steps])
+    rows = global_rows(product([_dim(x, 0), out_steps]))
     return weight_contraction(x, kernel, contract, scales, inverse_sqrt(rows))

@@ -21,6 +21,7 @@ from typing import Optional, Union
 import tensorflow as tf
 
 from .. import precision
+from ..uscale.batch_split import global_rows
 from ..uscale.ops import weight_contraction
 from ..uscale.scaling import CONSTRAINTS, Constraint, constrain, scaling
 
@@ -244,7 +245,9 @@ def weight_einsum(
     x_grad = product(
         [sizes[label] for label in equation.only_in_output_and(equation.left, equation.right)]
     )
-    rows = product([size for label, size in x_sizes.items() if label not in equation.right])
+    rows = global_rows(
+        product([size for label, size in x_sizes.items() if label not in equation.right])
+    )
     ideal = (1.0 / summed if readout else summed**-0.5, float(x_grad) ** -0.5)
     if constraint is None:
         if not readout:

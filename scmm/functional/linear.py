@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from .. import precision
 from ..ops.kernels import as_compute
+from ..uscale.batch_split import global_rows
 from ..uscale.ops import weight_contraction
 from ..uscale.scaling import CONSTRAINTS, Constraint, Factor, constrain, scaling
 from .einsum import _tie_three, inverse_sqrt, product
@@ -43,8 +44,8 @@ def _check_constraint(constraint: Any, allow_none: bool = False) -> None:
 def _rows(x: tf.Tensor, features: int) -> Factor:
     """x.size / features: an int when x's shape is static, else a float32 scalar tensor."""
     if x.shape.is_fully_defined():
-        return int(x.shape.num_elements() or 0) // features
-    return tf.cast(tf.size(x), tf.float32) / features
+        return global_rows(int(x.shape.num_elements() or 0) // features)
+    return global_rows(tf.cast(tf.size(x), tf.float32) / features)
 
 
 def bias_add(y: tf.Tensor, bias: Any) -> tf.Tensor:
@@ -183,7 +184,7 @@ def embedding(ids: tf.Tensor, table: Any) -> tf.Tensor:
             raise ValueError(f"embedding ids must be integers, got dtype {ids.dtype.name}")
     vocab = int(table_t.shape[0])
     if ids.shape.is_fully_defined():
-        factor: Factor = math.sqrt(vocab / max(int(ids.shape.num_elements() or 0), 1))
+        factor: Factor = math.sqrt(vocab / global_rows(max(int(ids.shape.num_elements() or 0), 1)))
     else:
-        factor = tf.sqrt(vocab / tf.cast(tf.maximum(tf.size(ids), 1), tf.float32))
+        factor = tf.sqrt(vocab / global_rows(tf.cast(tf.maximum(tf.size(ids), 1), tf.float32)))
     return tf.gather(scaling(table_t, backward=factor), ids)  # (..., d)

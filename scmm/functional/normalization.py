@@ -14,6 +14,7 @@ from typing import Optional, Sequence, Union
 import keras
 import tensorflow as tf
 
+from ..uscale.batch_split import global_rows
 from ..uscale.scaling import Factor, scaling
 
 Axis = Union[int, Sequence[int]]
@@ -45,11 +46,11 @@ def parameter_rows(x: tf.Tensor, axes: Sequence[int], what: str) -> Factor:
         rows = 1
         for dim in others:
             rows *= int(dim)
-        return rows
+        return global_rows(rows)
     size = 1
     for dim in normalised:
         size *= int(dim)
-    return tf.cast(tf.size(x), tf.float32) / float(size)
+    return global_rows(tf.cast(tf.size(x), tf.float32) / float(size))
 
 
 def _rsqrt(rows: Factor) -> Factor:

@@ -194,6 +194,11 @@ class CharLM(keras.Model):
             "logits_rms": _rms(logits),
         }
 
+    @property
+    def loss_reduction(self) -> str:
+        """How the loss reduces tokens in its backward pass (the op set's: "mean" | "sum")."""
+        return self.ops.loss_reduction
+
     # Weights by stable name -----------------------------------------------------------------
 
     def named_weights(self) -> dict[str, keras.Variable]:

@@ -32,6 +32,10 @@ class OpSet(abc.ABC):
     """The ops every scmm layer computes with (shapes in each docstring)."""
 
     name: str = ""
+    loss_reduction: str = "mean"
+    """How ``cross_entropy`` reduces tokens in its backward pass: "mean" (the 1/count of a mean
+    reaches the logits) or "sum" (the unit-scaled loss undoes it: ~1 per scored token). The
+    trainer combines micro-batch gradients accordingly (``scmm.training.accumulation``)."""
 
     @abc.abstractmethod
     def init_std(self, fan_in: int) -> float:

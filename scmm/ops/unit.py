@@ -22,6 +22,7 @@ class UnitOps(OpSet):
     """Unit-scaled ops (unit-scaling paper, section 5; rules in ``scmm.uscale``)."""
 
     name = "unit"
+    loss_reduction = "sum"  # uscale.softmax_cross_entropy undoes the mean's 1/count
     constraint: uscale.Constraint = "gmean"
     """How an op on a non-cut edge ties its output scale and its input-gradient scale: the
     geometric mean (unit-scaling paper, section 5). u-mup's op set uses "forward"."""
@@ -57,7 +58,7 @@ class UnitOps(OpSet):
         batch = x.shape[0]
         pad = as_compute(padding, x.dtype)
         if batch is not None:
-            pad = uscale.scaling(pad, backward=batch**-0.5)
+            pad = uscale.scaling(pad, backward=uscale.global_rows(batch) ** -0.5)
         return kernels.shift_right(x, pad)
 
     def layer_norm(

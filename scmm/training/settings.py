@@ -141,6 +141,13 @@ class TrainingSettings:
     """Dynamic loss scaling: consecutive finite steps before the scale grows."""
     iterations_per_loop: int = 16
     """Training steps run inside one compiled call (the IPU's iterations-per-loop)."""
+    accumulation_steps: int = 1
+    """Micro-batches per optimiser step (gradient accumulation): the batch of batch_sequences
+    is split into this many equal parts, run one after another, and their gradients combined
+    into the full-batch gradient (memory of one part, the update of the whole batch)."""
+    accumulation_mode: Literal["mean", "sum"] = "mean"
+    """mean: the combined gradient is the full-batch gradient (token-weighted over the parts);
+    sum: accumulation_steps times it (Graphcore's Sum: the sum of the parts' mean gradients)."""
     divergence_loss: Optional[float] = DEFAULT_DIVERGENCE_LOSS
     """A training loss above divergence_loss x ln(vocabulary size) ends the run as diverged,
     like a non-finite one. ln V is the loss of predicting every character uniformly, about
@@ -160,9 +167,24 @@ class TrainingSettings:
 
     def validate(self) -> None:
         """Raise ValueError naming the first impossible value."""
-        for name in ("batch_sequences", "valid_interval", "iterations_per_loop"):
+        for name in (
+            "batch_sequences",
+            "valid_interval",
+            "iterations_per_loop",
+            "accumulation_steps",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"training.{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_sequences % self.accumulation_steps:
+            raise ValueError(
+                f"training.accumulation_steps {self.accumulation_steps} does not divide"
+                f" training.batch_sequences {self.batch_sequences} (micro-batches are equal parts)"
+            )
+        if self.accumulation_mode not in ("mean", "sum"):
+            raise ValueError(
+                "training.accumulation_mode must be 'mean' or 'sum',"
+                f" got {self.accumulation_mode!r}"
+            )
         if self.steps < 0:
             raise ValueError(f"training.steps must be >= 0 (0: evaluate only), got {self.steps}")
         check_range("training.loss_scale", self.loss_scale, 0, low_open=True)

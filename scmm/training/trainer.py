@@ -24,6 +24,7 @@ from ..ops.kernels import apply_gradient_factors
 from ..parameters import Parameter, ParameterTable
 from ..pedal import Execution
 from ..precision_settings import WeightStorage
+from .accumulation import accumulated_gradients, loss_reduction
 from .loss_scaling import LossScaler
 from .optimisers import Optimiser
 from .settings import TrainingSettings
@@ -106,6 +107,7 @@ class Trainer(Generic[ModelT]):
         self.settings = settings
         self.execution = execution
         self.variables = list(model.trainable_weights)
+        loss_reduction(model)  # a bad declaration fails here, before any compute
         if parameters is None:
             own = getattr(model, "parameters", None)
             parameters = own if isinstance(own, ParameterTable) else uniform_table(self.variables)
@@ -132,12 +134,11 @@ class Trainer(Generic[ModelT]):
 
     # Compiled bodies -------------------------------------------------------------------------
 
-    def _train_step_fn(self, tokens: tf.Tensor, mask: tf.Tensor) -> dict[str, tf.Tensor]:
-        scaler = self.loss_scaler
-        scale = tf.identity(scaler.scale)  # the scale this step used (before any update)
+    def _part_gradients(self, tokens: tf.Tensor, mask: tf.Tensor) -> tuple[dict[str, Any], list]:
+        """The model's outputs and the gradients of its scaled loss on one (micro-)batch."""
         with tf.GradientTape() as tape:
             outputs = dict(self.model(tokens, mask))
-            scaled_loss = scaler.scale_loss(outputs["loss"])
+            scaled_loss = self.loss_scaler.scale_loss(outputs["loss"])
         # Gradient factors (a cut edge, e.g. calibration) are read from the table when the step
         # is traced, and applied as the gradients come off the tape, before unscaling.
         grads = apply_gradient_factors(
@@ -145,6 +146,23 @@ class Trainer(Generic[ModelT]):
             tape.gradient(scaled_loss, self.variables),
             self.parameters.gradient_factors(),
         )
+        return outputs, grads
+
+    def _train_step_fn(self, tokens: tf.Tensor, mask: tf.Tensor) -> dict[str, tf.Tensor]:
+        scaler = self.loss_scaler
+        scale = tf.identity(scaler.scale)  # the scale this step used (before any update)
+        parts = self.settings.accumulation_steps
+        if parts == 1:
+            outputs, grads = self._part_gradients(tokens, mask)
+        else:
+            outputs, grads = accumulated_gradients(
+                self._part_gradients,
+                tokens,
+                mask,
+                parts,
+                loss_reduction(self.model),
+                self.settings.accumulation_mode,
+            )
         grads, finite = scaler.unscale(grads)
         rate = self.optimiser.learning_rate(self.optimiser.step)
         skipped = scaler.step(finite, lambda: self.optimiser.apply(grads))

@@ -22,6 +22,7 @@ from .attention_ops import (
     positional_keys,
     qkv_projection,
 )
+from .batch_split import batch_parts, batch_split, global_rows
 from .calibration import calibrate_weight_gradients, weight_gradients
 from .nonlinear import (
     GELU_SCALES,
@@ -52,6 +53,9 @@ from .rnn_ops import RHN_OUTPUT_SCALE, recurrent_highway, rhn_gate_scale, rhn_ke
 from .scaling import CONSTRAINTS, Constraint, constrain, scaling
 
 __all__ = [
+    "batch_parts",
+    "batch_split",
+    "global_rows",
     "CONSTRAINTS",
     "Constraint",
     "GELU_SCALES",

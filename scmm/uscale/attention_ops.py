@@ -26,6 +26,7 @@ import tensorflow as tf
 
 from .. import precision
 from ..ops.kernels import as_compute, causal_relative_attention
+from .batch_split import global_rows
 from .ops import weight_contraction
 from .scaling import Constraint, constrain, scaling, static_size
 
@@ -54,7 +55,7 @@ def qkv_projection(
     """
     m = static_size(x.shape[-1:], "qkv_projection input")
     n = static_size(weight.shape[1:], "qkv_projection weight")
-    rows = static_size(x.shape[:-1], "qkv_projection input")
+    rows = global_rows(static_size(x.shape[:-1], "qkv_projection input"))
     scales = constrain(m**-0.5, n**-0.5, constraint)
 
     def contract(inputs: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
@@ -89,7 +90,7 @@ def positional_keys(
     rows = embedding.shape[0]
     forward = float(np.mean(np.sum(np.square(embedding, dtype=np.float64), axis=-1))) ** -0.5
     alpha = attention_scale(rows, logit_variance)
-    backward = alpha * (batch * rows / 2) ** -0.5 / POSITIONAL_GRAD_STD
+    backward = alpha * (global_rows(batch) * rows / 2) ** -0.5 / POSITIONAL_GRAD_STD
     dtype = tf.as_dtype(dtype or weight.dtype)
     w = scaling(
         precision.operand(as_compute(weight, dtype), "weight"), forward=forward, backward=backward

@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from .. import precision
 from ..ops.kernels import as_compute, causal_conv_taps, normalise
+from .batch_split import global_rows
 from .scaling import Constraint, constrain, scaling, static_size
 
 
@@ -77,7 +78,7 @@ def projection(x: tf.Tensor, weight: tf.Tensor, constraint: Constraint = "gmean"
     if weight.shape[0] != m:
         raise ValueError(f"projection: x has {m} features but weight is {weight.shape}")
     n = static_size(weight.shape[1:], "projection weight")
-    rows = static_size(x.shape[:-1], "projection input")
+    rows = global_rows(static_size(x.shape[:-1], "projection input"))
     scales = constrain(m**-0.5, n**-0.5, constraint)
     return weight_contraction(x, weight, _tensordot, scales, rows**-0.5)
 
@@ -98,7 +99,7 @@ def readout(x: tf.Tensor, weight: tf.Tensor, constraint: Optional[Constraint] = 
     if weight.shape[0] != m:
         raise ValueError(f"readout: x has {m} features but weight is {weight.shape}")
     n = static_size(weight.shape[1:], "readout weight")
-    rows = static_size(x.shape[:-1], "readout input")
+    rows = global_rows(static_size(x.shape[:-1], "readout input"))
     if constraint is None:
         scales = (1.0 / m, n**-0.5)
     else:
@@ -134,7 +135,7 @@ def _parameter_rows(x: tf.Tensor, parameter: tf.Tensor, what: str) -> int:
     entries = static_size(parameter.shape, what)
     if x.shape[len(x.shape) - len(parameter.shape) :] != parameter.shape:
         raise ValueError(f"{what}: shape {parameter.shape} does not match the end of {x.shape}")
-    return size // entries
+    return int(global_rows(size // entries))
 
 
 def add_bias(x: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
@@ -169,7 +170,7 @@ def embedding_lookup(
     The gradient stays an IndexedSlices.
     """
     vocab = static_size(table.shape[:1], "embedding table")
-    n_ids = static_size(ids.shape, "embedding ids")
+    n_ids = global_rows(static_size(ids.shape, "embedding ids"))
     table_t = tf.convert_to_tensor(table)
     out = tf.gather(scaling(table_t, backward=math.sqrt(vocab / n_ids)), ids)
     return out if dtype is None else as_compute(out, dtype)
@@ -194,7 +195,7 @@ def causal_conv1d(
     if c_in != group_in * groups or c_out % groups:
         raise ValueError(f"causal_conv1d: {groups} groups do not fit {x.shape} / {kernel.shape}")
     batch, seq = x.shape[0], x.shape[1]
-    rows = static_size([batch, seq], "causal_conv1d input")
+    rows = global_rows(static_size([batch, seq], "causal_conv1d input"))
     group_out = c_out // groups
     scales = constrain((taps * group_in) ** -0.5, (taps * group_out) ** -0.5, constraint)
 

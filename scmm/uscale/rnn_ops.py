@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from .. import precision
 from ..ops.kernels import as_compute, highway_scan
+from .batch_split import global_rows
 from .scaling import scaling, static_size
 
 # The states are running averages of tanh candidates with a mostly-closed transform gate
@@ -79,7 +80,7 @@ def recurrent_highway(
     ~1.0, bias grad ~1.0.
     """
     batch, seq, _ = x.shape
-    rows = static_size([batch, seq], "recurrent_highway input")
+    rows = int(global_rows(static_size([batch, seq], "recurrent_highway input")))
     dtype = x.dtype
     w, r = rhn_kernels(input_kernel, recurrent_kernel, rows, dtype)
     x = precision.operand(x, "activation")
