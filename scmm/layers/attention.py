@@ -69,12 +69,12 @@ class Attention(ScaledLayer):
         if batch is None or seq is None:
             raise ValueError(f"Attention needs static batch and sequence sizes, got {x.shape}")
         ops = self.ops
-        q, k, v = ops.qkv_projection(x, self.qkv)  # each (b, heads, s, hs)
+        q, k, v = ops.qkv_projection(x, self.read_kernel("qkv"))  # each (b, heads, s, hs)
         # Position keys for distances seq-1 ... 0 (reversed, as the relative shift expects).
         embedding = sinusoid_embedding(seq, self.frequencies, self.max_period)[::-1].copy()
         pos_keys = ops.positional_keys(embedding, self.positional, batch, x.dtype)
         mixed = ops.attention(q, k, v, pos_keys, self.query_chunk)  # (b, s, heads, hs)
-        out = ops.projection(mixed, self.output_kernel, axes=2)  # (b, s, hidden)
+        out = ops.projection(mixed, self.read_kernel("output_kernel"), axes=2)  # (b, s, hidden)
         return ops.add_bias(out, self.output_bias) if self.output_bias is not None else out
 
     def get_config(self) -> dict[str, Any]:

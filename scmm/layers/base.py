@@ -36,6 +36,14 @@ class ScaledLayer(keras.layers.Layer):
         self.ops: OpSet = get_ops(ops)
         # id(variable) -> facts; ids are stable while the layer holds its variables.
         self.parameter_facts: dict[int, ParameterInfo] = {}
+        # attribute name of a kernel -> its density, set by sparse training (scmm.sparsity).
+        self.densities: dict[str, float] = {}
+
+    def read_kernel(self, name: str) -> Any:
+        """The variable ``name`` as its op reads it (``OpSet.sparse_kernel`` when sparse)."""
+        variable = getattr(self, name)
+        density = self.densities.get(name, 1.0)
+        return variable if density == 1.0 else self.ops.sparse_kernel(variable, density)
 
     def weight_seed(self, index: int) -> int:
         """The seed of this layer's ``index``-th random weight."""

@@ -44,7 +44,7 @@ class CausalConv(ScaledLayer):
         )
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
-        y = self.ops.causal_conv(x, self.kernel, self.groups)  # (b, s, hidden)
+        y = self.ops.causal_conv(x, self.read_kernel("kernel"), self.groups)  # (b, s, hidden)
         if self.bias is not None:
             y = self.ops.add_bias(y, self.bias)
         return self.ops.relu(y)

@@ -157,9 +157,9 @@ class Projection(ScaledLayer):
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
         if self.kernel_role == "readout":  # the op set's readout (mu-P's, under u-mup)
-            y = self.ops.readout(x, self.kernel)
+            y = self.ops.readout(x, self.read_kernel("kernel"))
         else:
-            y = self.ops.projection(x, self.kernel)
+            y = self.ops.projection(x, self.read_kernel("kernel"))
         return self.ops.add_bias(y, self.bias) if self.bias is not None else y
 
     def get_config(self) -> dict[str, Any]:

@@ -49,7 +49,11 @@ class RecurrentHighway(ScaledLayer):
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
         return self.ops.recurrent_highway(
-            x, self.input_kernel, self.recurrent_kernel, self.bias, self.rebias
+            x,
+            self.read_kernel("input_kernel"),
+            self.read_kernel("recurrent_kernel"),
+            self.bias,
+            self.rebias,
         )
 
     def get_config(self) -> dict[str, Any]:

@@ -41,6 +41,26 @@ class OpSet(abc.ABC):
     def init_std(self, fan_in: int) -> float:
         """Initial std of a weight whose op sums ``fan_in`` input terms."""
 
+    def sparse_init_factor(self, density: float) -> float:
+        """Factor on a weight's initial values when only ``density`` of them are kept.
+
+        1 here; the plain op set rescales by density^-1/2 (Glorot rescaled by density, as
+        Graphcore's sparse layers do), so an output sums as much variance as a dense one's.
+        """
+        del density
+        return 1.0
+
+    def sparse_kernel(self, kernel: tf.Tensor, density: float) -> tf.Tensor:
+        """``kernel`` as its op reads it when only ``density`` of its entries are active.
+
+        The kernel itself (plain: its init carries the factor). Unit-scaled op sets multiply
+        it by density^-1/2 forward: their scales come from the dense fan-in and fan-out, and
+        a kernel with only d of its entries active sums d of the terms in both the output
+        and the input gradient (``UnitOps.sparse_kernel``).
+        """
+        del density
+        return kernel
+
     @abc.abstractmethod
     def projection(self, x: tf.Tensor, kernel: tf.Tensor, axes: int = 1) -> tf.Tensor:
         """x (..., *in) contracted with kernel (*in, *out) over ``axes`` axes -> (..., *out)."""

@@ -29,6 +29,9 @@ class PlainOps(OpSet):
     def init_std(self, fan_in: int) -> float:
         return fan_in**-0.5
 
+    def sparse_init_factor(self, density: float) -> float:
+        return float(density) ** -0.5
+
     # Linear maps ------------------------------------------------------------------------------
 
     def projection(self, x: tf.Tensor, kernel: tf.Tensor, axes: int = 1) -> tf.Tensor:

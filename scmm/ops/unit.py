@@ -30,6 +30,12 @@ class UnitOps(OpSet):
     def init_std(self, fan_in: int) -> float:
         return 1.0
 
+    def sparse_kernel(self, kernel: tf.Tensor, density: float) -> tf.Tensor:
+        # Only density x fan-in terms are summed per output (and density x fan-out per input
+        # gradient): scale by the active count, (d n)^-1/2 = n^-1/2 d^-1/2. Backward 1: the
+        # kernel is a cut edge, and its (dense) gradient keeps the unit rule.
+        return uscale.scaling(kernel, forward=float(density) ** -0.5)
+
     # Linear maps ------------------------------------------------------------------------------
 
     def projection(self, x: tf.Tensor, kernel: tf.Tensor, axes: int = 1) -> tf.Tensor:
