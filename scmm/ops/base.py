@@ -28,7 +28,7 @@ def contraction_equation(x_rank: int, kernel_rank: int, axes: int) -> str:
     return f"{x_axes},{kernel_axes}->{x_axes[: x_rank - axes]}{extra}"
 
 
-class OpSet(abc.ABC):
+class OpSet(abc.ABC):  # pylint: disable=too-many-public-methods  # one method per op
     """The ops every scmm layer computes with (shapes in each docstring)."""
 
     name: str = ""
