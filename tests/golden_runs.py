@@ -28,8 +28,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 GOLDEN_PATH = REPO_ROOT / "tests" / "golden" / "refactor.json"
 # The same code gives different last bits on CPUs whose TensorFlow/oneDNN kernels differ (an
 # AMD EPYC with AVX-512 BF16 differs from the machine refactor.json was recorded on by 1 ulp in
-# a few losses). Records of the default cases made on other machines, from a commit whose
-# results matched refactor.json on its machine, live here keyed by ``machine_fingerprint()``.
+# a few losses). Records made on other machines, from a commit whose results matched
+# refactor.json on its machine, live here keyed by ``machine_fingerprint()``. 9728ae605e0afdf6
+# (this project's AMD EPYC) holds all 18 cases, run with the pre-refactor code itself (c4ef379,
+# the commit refactor.json was recorded at) on that machine.
 MACHINES_DIR = REPO_ROOT / "tests" / "golden" / "machines"
 _FINGERPRINT_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "fma")
 
