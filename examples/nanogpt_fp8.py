@@ -141,7 +141,13 @@ def build_variants(
     }
 
 
+def best_lr_key(runs: dict[str, dict[str, Any]]) -> str:
+    """The LR key of the lowest finite valid loss (a diverged run counts as 1e9)."""
+    return min(runs, key=lambda k: runs[k]["valid"] if math.isfinite(runs[k]["valid"]) else 1e9)
+
+
 def main() -> int:
+    """Train the variants over their LR grids; print the table, write the results and plots."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--text", default=None, help="a UTF-8 text file (default: scmm's embedded corpus)"
@@ -196,25 +202,25 @@ def main() -> int:
             model, loss_fn = build_variants(vocab, args)[name]
             if lr == grids[name][0] and name != "fp32":
                 x, y = windows(splits["train"], np.arange(args.batch) * args.seq, args.seq)
-                analyse(model, x, y, loss=loss_fn, out_dir=out / f"scales_{name}")
+                analyse(model, x, y, loss=loss_fn, out_dir=str(out / f"scales_{name}"))
             run = train(model, loss_fn, splits, args, lr)
             results["runs"].setdefault(name, {})[str(lr)] = run
             print(
-                f"{name:9s} lr 2^{math.log2(lr):+.0f}: valid {run['valid']:.4f} nats ({run['seconds']:.0f} s)",
+                f"{name:9s} lr 2^{math.log2(lr):+.0f}: valid {run['valid']:.4f} nats"
+                f" ({run['seconds']:.0f} s)",
                 flush=True,
             )
     summary = {}
     for name, runs in results["runs"].items():
-        best_lr = min(
-            runs, key=lambda k: runs[k]["valid"] if math.isfinite(runs[k]["valid"]) else 1e9
-        )
+        best_lr = best_lr_key(runs)
         summary[name] = {"best_lr": float(best_lr), "valid": runs[best_lr]["valid"]}
     results["summary"] = summary
     base = summary["fp32"]["valid"] if "fp32" in summary else float("nan")
     print("\nmodel      best LR   valid nats   vs fp32")
     for name, row in summary.items():
         print(
-            f"{name:9s} 2^{math.log2(row['best_lr']):+.0f}     {row['valid']:.4f}      {row['valid'] - base:+.4f}"
+            f"{name:9s} 2^{math.log2(row['best_lr']):+.0f}     {row['valid']:.4f}"
+            f"      {row['valid'] - base:+.4f}"
         )
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     plot_curves(results, out / "loss_curves.png")

@@ -107,8 +107,7 @@ def quantise(
     Formats at least as wide as ``x``'s dtype in both range and precision (float32 for any
     input; a 16-bit format for the same 16-bit input) return ``x`` unchanged.
     """
-    target = get_format(fmt)
-    check_rounding(rounding)
+    target = _checked_format(fmt, rounding)
     if _no_op(x.dtype, target.name):
         return x
     return _quantise(x, target, saturate, rounding, _as_seed(seed))
@@ -119,6 +118,15 @@ def check_rounding(rounding: str) -> str:
     if rounding not in ROUNDINGS:
         raise ValueError(f"unknown rounding {rounding!r}; expected one of {', '.join(ROUNDINGS)}")
     return rounding
+
+
+def _checked_format(fmt: str, rounding: str) -> Format:
+    """The argument checks of ``quantise`` and ``quantise_gradient``: ``fmt``'s format, after
+    ``rounding`` is checked too (format errors first). The seed is checked by each caller:
+    ``quantise`` does not look at it when the rounding is a no-op."""
+    target = get_format(fmt)
+    check_rounding(rounding)
+    return target
 
 
 def _as_seed(seed: Optional[Any]) -> Optional[tf.Tensor]:
@@ -185,8 +193,7 @@ def quantise_gradient(
 ) -> tf.Tensor:
     """Identity in the forward pass; the gradient flowing back through it is quantised
     (``rounding`` and ``seed`` as for ``quantise``)."""
-    target = get_format(fmt)
-    check_rounding(rounding)
+    target = _checked_format(fmt, rounding)
     seed_tensor = _as_seed(seed)
 
     @tf.custom_gradient

@@ -14,6 +14,8 @@ import tensorflow as tf
 from keras import ops
 
 from .. import precision as hooks
+from ..precision_settings import PrecisionSettings
+from ..uu.attention import adopt_projections
 from ..uu.base import PrecisionLike, UnitScaled
 
 PACKAGE = "scmm.simulated"
@@ -80,6 +82,21 @@ class SimulatedEinsumDense(_Simulated, keras.layers.EinsumDense):
         super().__init__(*args, **kwargs)
         self.init_precision(precision)
 
+    @classmethod
+    def adopt(
+        cls, layer: keras.layers.EinsumDense, precision: Optional[PrecisionSettings]
+    ) -> "SimulatedEinsumDense":
+        """Turn a built Keras ``EinsumDense`` (inside ``MultiHeadAttention``) into this class in
+        place, with the (validated) formats ``precision``: same object, variables and paths."""
+        layer.__class__ = cls
+        # object.__setattr__: Keras's attribute tracker is locked on a built layer, and these
+        # are plain settings (what init_precision stores), not state to track.
+        object.__setattr__(layer, "precision", precision)
+        object.__setattr__(layer, "_explicit_constraint", None)
+        object.__setattr__(layer, "scheme", "unit")
+        object.__setattr__(layer, "constraint", "gmean")
+        return layer
+
     def call(self, inputs: tf.Tensor, training: Any = None) -> tf.Tensor:
         del training
         with self.precision_scope():
@@ -143,12 +160,7 @@ class SimulatedMultiHeadAttention(_Simulated, keras.layers.MultiHeadAttention):
     # Keras passes shapes by the names in build's signature, so it must spell them out.
     def build(self, query_shape: Any, value_shape: Any, key_shape: Any = None) -> None:
         super().build(query_shape, value_shape, key_shape)
-        for dense in (self._query_dense, self._key_dense, self._value_dense, self._output_dense):
-            dense.__class__ = SimulatedEinsumDense
-            object.__setattr__(dense, "precision", self.precision)
-            object.__setattr__(dense, "_explicit_constraint", None)
-            object.__setattr__(dense, "scheme", "unit")
-            object.__setattr__(dense, "constraint", "gmean")
+        adopt_projections(self, lambda dense: SimulatedEinsumDense.adopt(dense, self.precision))
 
     def _compute_attention(  # pylint: disable=too-many-arguments
         self,

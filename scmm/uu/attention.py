@@ -26,7 +26,7 @@ query input gradient 1.07, key/value input gradient sqrt((1 + 0.49^2) / 2) ~ 0.8
 gradient, v's like the output).
 """
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import keras
 import tensorflow as tf
@@ -40,6 +40,16 @@ from .einsum_dense import EinsumDense, unit_normal
 
 _DEFAULT_AXES = (None, 1, (1,), [1])
 _PROJECTIONS = ("query_dense", "key_dense", "value_dense", "output_dense")
+
+
+def adopt_projections(
+    layer: keras.layers.MultiHeadAttention, adopt: Callable[[keras.layers.EinsumDense], Any]
+) -> None:
+    """``adopt`` each of a built Keras ``MultiHeadAttention``'s four ``EinsumDense``
+    projections (query, key, value, attention_output, in that order), e.g. turning it into a
+    subclass in place: the same objects, variables and weight paths."""
+    for name in _PROJECTIONS:
+        adopt(getattr(layer, name))
 
 
 def share_fan_out(*inputs: tf.Tensor) -> list[tf.Tensor]:
@@ -157,8 +167,12 @@ class MultiHeadAttention(UnitScaled, keras.layers.MultiHeadAttention):
                     f" shape {tuple(shape)}"
                 )
         super().build(query_shape, value_shape, key_shape)
-        for dense in (self._query_dense, self._key_dense, self._value_dense, self._output_dense):
-            EinsumDense.adopt(dense, self.scheme, self._explicit_constraint, self.precision)
+        adopt_projections(
+            self,
+            lambda dense: EinsumDense.adopt(
+                dense, self.scheme, self._explicit_constraint, self.precision
+            ),
+        )
 
     def call(  # pylint: disable=too-many-arguments,arguments-differ
         self,

@@ -24,6 +24,8 @@ import contextlib
 import dataclasses
 from typing import Any, Iterator, Mapping, Optional, Union
 
+import keras
+
 from .. import precision as precision_hooks
 from ..parameters import ParameterInfo
 from ..precision_settings import PrecisionSettings
@@ -69,6 +71,50 @@ def as_precision(value: PrecisionLike) -> Optional[PrecisionSettings]:
         settings = PrecisionSettings(**value)
     settings.validate()
     return settings
+
+
+def refuse_keras_quantization(layer: keras.layers.Layer, what: str) -> None:
+    """ValueError if ``layer`` was given a quantized Keras dtype policy."""
+    mode = getattr(layer.dtype_policy, "quantization_mode", None)
+    if mode is not None:
+        raise ValueError(
+            f"{what} does not support Keras's quantized dtype policies (got"
+            f" {layer.dtype_policy.name!r}, mode {mode!r}); use scmm.simulate_fp8 instead"
+        )
+
+
+def refuse_lora_and_quantization(what: str, lora_rank: Optional[int], quantized: bool) -> None:
+    """The constructor's refusals: ValueError for a LoRA rank, or for Keras quantization
+    arguments (``quantized``: e.g. a ``quantization_config`` was given)."""
+    if lora_rank:
+        raise ValueError(f"{what} does not support LoRA, got lora_rank={lora_rank}")
+    if quantized:
+        raise ValueError(f"{what} does not support Keras quantization; use scmm.simulate_fp8")
+
+
+class RefusesKerasQuantization:
+    """Mixin placed before the Keras base class: its ``quantize`` and ``enable_lora`` raise a
+    ValueError, since Keras's quantized and LoRA kernels would bypass the unit scales.
+
+    Subclasses set ``refused_as`` (the name in the messages, e.g. ``"uu.Dense"``) and
+    ``quantize_refusal`` (the text after ``(mode=...)``).
+    """
+
+    refused_as = ""
+    quantize_refusal = ""
+
+    def quantize(self, mode: Any = None, type_check: bool = True, config: Any = None) -> None:
+        """Refused: simulate number formats with ``scmm.simulate_fp8`` instead."""
+        del type_check, config
+        raise ValueError(
+            f"{self.refused_as} cannot be quantized with Keras (mode={mode!r})"
+            f"{self.quantize_refusal}"
+        )
+
+    def enable_lora(self, rank: int, *args: Any, **kwargs: Any) -> None:
+        """Refused: LoRA is not unit-scaled."""
+        del args, kwargs
+        raise ValueError(f"{self.refused_as} does not support LoRA (rank {rank})")
 
 
 class UnitScaled:

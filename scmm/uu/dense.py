@@ -28,29 +28,32 @@ import tensorflow as tf
 from ..functional.linear import linear, readout
 from ..parameters import ParameterInfo
 from .activation import activation_name, unit_activation
-from .base import PACKAGE, PrecisionLike, UnitScaled
+from .base import (  # refuse_keras_quantization: uu.Conv1D and uu.Embedding import it from here
+    PACKAGE,
+    PrecisionLike,
+    RefusesKerasQuantization,
+    UnitScaled,
+    refuse_keras_quantization,
+    refuse_lora_and_quantization,
+)
 from .einsum_dense import unit_normal
 
 ROLES = ("weight", "readout")
 
 
-def refuse_keras_quantization(layer: keras.layers.Layer, what: str) -> None:
-    """ValueError if ``layer`` was given a quantized Keras dtype policy."""
-    mode = getattr(layer.dtype_policy, "quantization_mode", None)
-    if mode is not None:
-        raise ValueError(
-            f"{what} does not support Keras's quantized dtype policies (got"
-            f" {layer.dtype_policy.name!r}, mode {mode!r}); use scmm.simulate_fp8 instead"
-        )
-
-
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class Dense(UnitScaled, keras.layers.Dense):
+class Dense(UnitScaled, RefusesKerasQuantization, keras.layers.Dense):
     """Unit-scaled ``keras.layers.Dense`` (same arguments; see the module docstring).
 
     Extra: ``scheme``, ``constraint``, ``precision`` (``scmm.uu.base``) and ``role``
     ("weight" or "readout").
     """
+
+    refused_as = "uu.Dense"
+    quantize_refusal = (
+        ": Keras's float8 path would drop the unit scales. Simulate number formats with"
+        " scmm.simulate_fp8 instead"
+    )
 
     def __init__(  # pylint: disable=too-many-arguments,too-many-positional-arguments
         self,
@@ -75,10 +78,7 @@ class Dense(UnitScaled, keras.layers.Dense):
         **kwargs: Any,
     ):
         del lora_alpha  # (LoRA is refused below)
-        if lora_rank:
-            raise ValueError(f"uu.Dense does not support LoRA, got lora_rank={lora_rank}")
-        if quantization_config is not None:
-            raise ValueError("uu.Dense does not support Keras quantization; use scmm.simulate_fp8")
+        refuse_lora_and_quantization("uu.Dense", lora_rank, quantization_config is not None)
         if role not in ROLES:
             raise ValueError(f"uu.Dense role must be one of {ROLES}, got {role!r}")
         self.activation_name = activation_name(activation)
@@ -126,17 +126,6 @@ class Dense(UnitScaled, keras.layers.Dense):
         if self.bias is not None:
             info["bias"] = ParameterInfo("bias")
         return info
-
-    def quantize(self, mode: Any = None, type_check: bool = True, config: Any = None) -> None:
-        del type_check, config
-        raise ValueError(
-            f"uu.Dense cannot be quantized with Keras (mode={mode!r}): Keras's float8 path would"
-            " drop the unit scales. Simulate number formats with scmm.simulate_fp8 instead"
-        )
-
-    def enable_lora(self, rank: int, *args: Any, **kwargs: Any) -> None:
-        del args, kwargs
-        raise ValueError(f"uu.Dense does not support LoRA (rank {rank})")
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), **self.unit_config(), "role": self.role}

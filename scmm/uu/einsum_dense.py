@@ -17,7 +17,13 @@ from ..ops.kernels import as_compute
 from ..parameters import ParameterInfo
 from ..uscale.scaling import Constraint, scaling
 from ..functional.einsum import kernel_fan_in, parse_equation, weight_einsum
-from .base import PACKAGE, PrecisionLike, UnitScaled
+from .base import (
+    PACKAGE,
+    PrecisionLike,
+    RefusesKerasQuantization,
+    UnitScaled,
+    refuse_lora_and_quantization,
+)
 
 ROLES = ("weight", "readout")
 
@@ -46,7 +52,7 @@ def add_broadcast_bias(y: tf.Tensor, bias: Any) -> tf.Tensor:
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class EinsumDense(UnitScaled, keras.layers.EinsumDense):
+class EinsumDense(UnitScaled, RefusesKerasQuantization, keras.layers.EinsumDense):
     """Unit-scaled ``keras.layers.EinsumDense`` (same arguments; see the module docstring).
 
     Extra arguments: ``scheme``, ``constraint``, ``precision`` (``scmm.uu.base``) and
@@ -54,6 +60,11 @@ class EinsumDense(UnitScaled, keras.layers.EinsumDense):
     ``activation`` (use a ``scmm.uu`` activation layer after it), LoRA, and Keras's
     quantization (``quantize``): simulate formats with ``scmm.simulate_fp8`` instead.
     """
+
+    refused_as = "uu.EinsumDense"
+    quantize_refusal = (
+        ": its scales would be lost. Simulate number formats with scmm.simulate_fp8 instead"
+    )
 
     def __init__(  # pylint: disable=too-many-arguments,too-many-locals,too-many-positional-arguments
         self,
@@ -78,12 +89,11 @@ class EinsumDense(UnitScaled, keras.layers.EinsumDense):
         role: str = "weight",
         **kwargs: Any,
     ):
-        if lora_rank:
-            raise ValueError(f"uu.EinsumDense does not support LoRA, got lora_rank={lora_rank}")
-        if quantization_config is not None or gptq_unpacked_column_size:
-            raise ValueError(
-                "uu.EinsumDense does not support Keras quantization; use scmm.simulate_fp8"
-            )
+        refuse_lora_and_quantization(
+            "uu.EinsumDense",
+            lora_rank,
+            quantization_config is not None or bool(gptq_unpacked_column_size),
+        )
         super().__init__(
             equation,
             output_shape,
@@ -155,17 +165,6 @@ class EinsumDense(UnitScaled, keras.layers.EinsumDense):
         if self.bias is not None:
             info["bias"] = ParameterInfo("bias")
         return info
-
-    def quantize(self, mode: Any = None, type_check: bool = True, config: Any = None) -> None:
-        del type_check, config
-        raise ValueError(
-            f"uu.EinsumDense cannot be quantized with Keras (mode={mode!r}): its scales would be"
-            " lost. Simulate number formats with scmm.simulate_fp8 instead"
-        )
-
-    def enable_lora(self, rank: int, *args: Any, **kwargs: Any) -> None:
-        del args, kwargs
-        raise ValueError(f"uu.EinsumDense does not support LoRA (rank {rank})")
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), **self.unit_config(), "role": self.role}
