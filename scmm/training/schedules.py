@@ -61,8 +61,10 @@ class WarmupDecay(Schedule):
         peak = tf.constant(self.peak, tf.float32)
         minimum = tf.constant(self.minimum, tf.float32)
         warmup = float(self.warmup_steps)
-        since = tf.clip_by_value(t - warmup, 0.0, float(self.decay_steps))
-        decayed = (peak - minimum) * self._shape(since / float(self.decay_steps)) + minimum
+        # Clipped after the division: XLA may divide as x * (1 / C), which overshoots 1 by an
+        # ulp at t = W + C, and (1 - progress)^p of a negative base is NaN.
+        progress = tf.clip_by_value((t - warmup) / float(self.decay_steps), 0.0, 1.0)
+        decayed = (peak - minimum) * self._shape(progress) + minimum
         if not self.warmup_steps:
             return decayed
         return tf.where(t < warmup, peak * (t / warmup), decayed)
