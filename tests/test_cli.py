@@ -436,19 +436,36 @@ def help_entries(text: str) -> list[HelpEntry]:
     return entries
 
 
-def settings_leaves(cls: Any, path: tuple[str, ...] = ()) -> list[tuple[str, Optional[str]]]:
+def settings_leaves(
+    cls: Any,
+    path: tuple[str, ...] = (),
+    only: Optional[set[str]] = None,
+    skip: frozenset[str] = frozenset(),
+) -> list[tuple[str, Optional[str]]]:
     """(dotted path, choice) of every field a command line can set, walked from the dataclasses
-    (every choice's fields included; ``type`` for each choice node)."""
+    (every choice's fields included; ``type`` for each choice node). A section every choice
+    has (declared on the choice base: the optimiser's schedule) is walked once, as --help
+    lists it; ``only``/``skip`` name the fields walked/left out."""
     leaves: list[tuple[str, Optional[str]]] = []
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         if not field.init or (not path and field.name == "preset"):  # --preset: a run option
             continue
+        if field.name in skip or (only is not None and field.name not in only):
+            continue
         hint, here = hints[field.name], (*path, field.name)
         if is_choice_type(hint):
             leaves.append((".".join((*here, "type")), None))
+            base_hints = typing.get_type_hints(hint)
+            shared = {
+                f.name
+                for f in dataclasses.fields(hint)
+                if dataclasses.is_dataclass(base_hints[f.name])
+            }
             for name, choice in hint.get_known_choices().items():
-                leaves.extend((leaf, name) for leaf, _ in settings_leaves(choice, here))
+                own = settings_leaves(choice, here, skip=frozenset(shared))
+                leaves.extend((leaf, name) for leaf, _ in own)
+            leaves.extend(settings_leaves(hint, here, only=shared))
         elif dataclasses.is_dataclass(hint):
             leaves.extend(settings_leaves(hint, here))
         else:
@@ -486,6 +503,7 @@ def test_help_shows_each_choice_nodes_default_and_choices(
         "--model.token.type": ("{ffn,none}", "ffn"),
         "--model.scaling.type": ("{regular,unit,umup}", "regular"),
         "--training.optimiser.type": ("{adamw,sgdm}", "adamw"),
+        "--training.optimiser.schedule.type": ("{exponential,warmup_power,cosine}", "exponential"),
     }
     # Another preset's choice is that preset's default.
     paper_rnn = help_entries(help_output(capsys, "--preset", "paper-rnn"))

@@ -152,6 +152,8 @@ def migrate_full(tree: dict[str, Any]) -> dict[str, Any]:
     # Added after the golden file: gradient accumulation (off: one micro-batch per step).
     new["training"].setdefault("accumulation_steps", 1)
     new["training"].setdefault("accumulation_mode", "mean")
+    # Added after the golden file: the LR schedule (exponential: learning_rate_decay, as before).
+    new["training"]["optimiser"].setdefault("schedule", {"type": "exponential"})
     if "precision" in new["model"]:
         # Added after the golden file: the rounding mode (nearest, as every golden run rounded).
         new["model"]["precision"].setdefault("rounding", "nearest")

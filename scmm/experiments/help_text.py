@@ -22,6 +22,7 @@ import typing
 from types import NoneType
 from typing import Any, Literal, Union
 
+import draccus
 from draccus.utils import is_choice_type
 
 from .settings import ExperimentSettings
@@ -150,20 +151,22 @@ def settings_help(tree: dict[str, Any], preset: str) -> str:
     return "\n".join(writer.lines)
 
 
-def _node(
+def _node(  # pylint: disable=too-many-arguments
     writer: _Writer,
     cls: type,
     values: dict[str, Any],
     path: tuple[str, ...],
     indent: int,
     title: str,
+    skip: frozenset[str] = frozenset(),
 ) -> None:
-    """A dataclass section: its own fields first, then its sub-sections and choice nodes."""
+    """A dataclass section: its own fields first, then its sub-sections and choice nodes
+    (but not the sub-sections named in ``skip``)."""
     hints = typing.get_type_hints(cls)
     docs = attribute_docs(cls)
     fields = [f for f in dataclasses.fields(cls) if f.init and f.name not in HIDDEN_FIELDS]
-    nested = [f for f in fields if dataclasses.is_dataclass(hints[f.name])]
-    leaves = [f for f in fields if f not in nested]
+    nested = [f.name for f in fields if dataclasses.is_dataclass(hints[f.name])]
+    leaves = [f for f in fields if f.name not in nested]
     if title:
         writer.heading(title, indent)
     for field in leaves:
@@ -175,11 +178,20 @@ def _node(
             docs.get(field.name, ""),
             indent + 2,
         )
-    for field in nested:
-        hint = hints[field.name]
-        child_path = (*path, field.name)
-        child_values = values.get(field.name, {})
-        heading = f"{'.'.join(child_path)}: {docs.get(field.name) or class_doc(hint)}"
+    _sections(writer, cls, values, path, [name for name in nested if name not in skip])
+
+
+def _sections(
+    writer: _Writer, cls: type, values: dict[str, Any], path: tuple[str, ...], names: list[str]
+) -> None:
+    """The sub-sections and choice nodes ``names`` of ``cls``, each with its heading."""
+    hints = typing.get_type_hints(cls)
+    docs = attribute_docs(cls)
+    for name in names:
+        hint = hints[name]
+        child_path = (*path, name)
+        child_values = values.get(name, {})
+        heading = f"{'.'.join(child_path)}: {docs.get(name) or class_doc(hint)}"
         if is_choice_type(hint):
             _choice(writer, hint, child_values, child_path, heading)
         else:
@@ -189,7 +201,10 @@ def _node(
 def _choice(
     writer: _Writer, base: Any, values: dict[str, Any], path: tuple[str, ...], heading: str
 ) -> None:
-    """A choice node: its ``type`` flag, then each choice with its own fields and defaults."""
+    """A choice node: its ``type`` flag, then each choice with its own fields and defaults.
+
+    A sub-section every choice has (declared on the base, e.g. the optimiser's schedule) is
+    listed once, after the choices, with the chosen one's values."""
     choices: dict[str, type] = base.get_known_choices()
     chosen = values.get("type") or base.default_choice_name() or next(iter(choices))
     dotted = ".".join(path)
@@ -202,13 +217,23 @@ def _choice(
         " under each choice below).",
         2,
     )
+    hints = typing.get_type_hints(base)
+    shared = [
+        f.name
+        for f in dataclasses.fields(base)
+        if f.init and dataclasses.is_dataclass(hints[f.name])
+    ]
     for name, choice in choices.items():
         own = values if name == chosen else _choice_defaults(choice)
         empty = not any(f.init for f in dataclasses.fields(choice))
         title = f"[{name}] {class_doc(choice)}" + (" No fields." if empty else "")
-        _node(writer, choice, own, path, 2, title)
+        _node(writer, choice, own, path, 2, title, skip=frozenset(shared))
+    _sections(writer, base, values, path, shared)
 
 
 def _choice_defaults(cls: type) -> dict[str, Any]:
-    """A choice's own defaults (what ``--PATH.type NAME`` resets the node to)."""
-    return {f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls) if f.init}
+    """A choice's own defaults (what ``--PATH.type NAME`` resets the node to), as a plain tree
+    (a choice node inside it, e.g. an optimiser's schedule, is a mapping with its ``type``)."""
+    encoded = draccus.encode(cls())
+    assert isinstance(encoded, dict)
+    return encoded

@@ -38,7 +38,9 @@ class Optimiser:
         weights: WeightStorage = "master",
         seed: int = 0,
         weight_decay_mode: str = "coupled",
+        total_steps: Optional[int] = None,
     ):
+        """``total_steps`` (training.steps) ends a schedule whose decay_steps is null."""
         settings.validate()
         if weight_decay_mode not in WEIGHT_DECAY_MODES:
             raise ValueError(
@@ -61,6 +63,9 @@ class Optimiser:
         self.learning_rate_multipliers = [float(r.learning_rate_multiplier) for r in rows]
         self.weight_decay_multipliers = [float(r.weight_decay_multiplier) for r in rows]
         self.seed = seed
+        self.schedule = settings.schedule.build(
+            settings.learning_rate, settings.learning_rate_decay, total_steps
+        )
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="optimiser_step")
         self.slots: dict[str, list[tf.Variable]] = {
             name: [
@@ -75,12 +80,9 @@ class Optimiser:
         }
 
     def learning_rate(self, step: tf.Tensor) -> tf.Tensor:
-        """Scheduled learning rate at ``step`` (float32): lr * 2^(-step * decay)."""
-        decay = self.settings.learning_rate_decay
-        rate = tf.constant(self.settings.learning_rate, tf.float32)
-        if decay:
-            rate = rate * tf.pow(2.0, -tf.cast(step, tf.float32) * decay)
-        return rate
+        """Scheduled learning rate of update ``step`` (0-based, float32): the settings'
+        schedule (``scmm.training.schedules``), peaking at settings.learning_rate."""
+        return self.schedule(step)
 
     def _decay(self, decay: float, rate: tf.Tensor, weight: tf.Tensor) -> tf.Tensor:
         """Independent weight decay's change: decay x s(t) x w, where s(t) is the schedule

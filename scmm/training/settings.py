@@ -1,4 +1,4 @@
-"""Training settings: batch, steps, optimiser, loss scale and how 16-bit weights are kept."""
+"""Training settings: batch, steps, optimiser and its learning-rate schedule, loss scale."""
 
 import dataclasses
 import math
@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
     from ..parameters import ParameterTable
     from .optimisers import Optimiser
+    from .schedules import Schedule
 
 # A loss this many times the uniform-prediction loss (ln V) is divergence; see
 # TrainingSettings.divergence_loss for why 10.
@@ -34,16 +35,157 @@ def check_range(
 
 
 @dataclasses.dataclass
+class ScheduleSettings(draccus.ChoiceRegistry):
+    """Base of the learning-rate schedules (exponential | warmup_power | cosine).
+
+    The schedule gives the rate of update t, t = 0, 1, ... counting the optimiser's updates (a
+    step that dynamic loss scaling skips does not advance it); the peak is
+    training.optimiser.learning_rate, and each parameter's multiplier applies on top.
+    """
+
+    @property
+    def kind(self) -> str:
+        """Registered name of this choice."""
+        return str(self.get_choice_name(type(self)))
+
+    def build(
+        self, learning_rate: float, learning_rate_decay: float, total_steps: Optional[int]
+    ) -> "Schedule":
+        """The schedule this choice describes, peaking at ``learning_rate``; ``total_steps``
+        (training.steps) resolves a null decay_steps."""
+        raise NotImplementedError
+
+    def validate(self, optimiser: "OptimiserSettings") -> None:
+        """Raise ValueError naming the first impossible value (``optimiser``: the node holding
+        this schedule, for the fields they share)."""
+
+
+@ScheduleSettings.register_subclass("exponential")
+@dataclasses.dataclass
+class ExponentialScheduleSettings(ScheduleSettings):
+    """learning_rate x 2^(-t x learning_rate_decay), both training.optimiser fields (the paper's
+    schedule; constant when learning_rate_decay is 0)."""
+
+    def build(
+        self, learning_rate: float, learning_rate_decay: float, total_steps: Optional[int]
+    ) -> "Schedule":
+        from .schedules import Exponential
+
+        return Exponential(learning_rate, learning_rate_decay)
+
+
+@dataclasses.dataclass
+class WarmupDecayScheduleSettings(ScheduleSettings):
+    """Fields shared by the schedules that warm up linearly, then decay to a minimum."""
+
+    warmup_steps: int = 0
+    """Linear warm-up: the rate is peak x t / warmup_steps for t < warmup_steps, rising from 0
+    at t = 0 (the peak is training.optimiser.learning_rate). 0: no warm-up, start at the peak."""
+    decay_steps: Optional[int] = None
+    """Steps the decay from the peak to the minimum takes after the warm-up; the rate stays at
+    the minimum from t = warmup_steps + decay_steps on. null: to the end of the run
+    (training.steps - warmup_steps, at least 1)."""
+    min_learning_rate_fraction: float = 0.0
+    """The minimum the rate decays to, as a fraction of the peak: min =
+    min_learning_rate_fraction x training.optimiser.learning_rate, in [0, 1]. Relative, so a
+    learning-rate search keeps the schedule's shape, and with independent weight decay its
+    factor s(t) = learning_rate(t) / peak."""
+
+    def _decay_steps(self, total_steps: Optional[int]) -> int:
+        if self.decay_steps is not None:
+            return self.decay_steps
+        if total_steps is None:
+            raise ValueError(
+                f"training.optimiser.schedule.decay_steps is null (decay to the end of the"
+                f" run), but the {self.kind} schedule was built without training.steps"
+            )
+        return max(total_steps - self.warmup_steps, 1)
+
+    def validate(self, optimiser: "OptimiserSettings") -> None:
+        path = "training.optimiser.schedule"
+        if self.warmup_steps < 0:
+            raise ValueError(f"{path}.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.decay_steps is not None and self.decay_steps < 1:
+            raise ValueError(
+                f"{path}.decay_steps must be >= 1 (null: to the end of the run),"
+                f" got {self.decay_steps}"
+            )
+        check_range(f"{path}.min_learning_rate_fraction", self.min_learning_rate_fraction, 0)
+        if self.min_learning_rate_fraction > 1:
+            raise ValueError(
+                f"{path}.min_learning_rate_fraction must be <= 1 (the minimum is that fraction"
+                f" of the peak training.optimiser.learning_rate), got"
+                f" {self.min_learning_rate_fraction}"
+            )
+        if optimiser.learning_rate_decay != 0:
+            raise ValueError(
+                "training.optimiser.learning_rate_decay is the exponential schedule's rate;"
+                f" with training.optimiser.schedule.type={self.kind} it must be 0, got"
+                f" {optimiser.learning_rate_decay}"
+            )
+
+
+@ScheduleSettings.register_subclass("warmup_power")
+@dataclasses.dataclass
+class WarmupPowerScheduleSettings(WarmupDecayScheduleSettings):
+    """Linear warm-up over W = warmup_steps, then (peak - min) x (1 - min(t - W, C) / C)^power
+    + min over C = decay_steps (Graphcore's sparse-LM schedule; power 0.5: square-root decay)."""
+
+    power: float = 0.5
+    """Exponent p of the decay (1: linear, 0.5: square root); > 0."""
+
+    def build(
+        self, learning_rate: float, learning_rate_decay: float, total_steps: Optional[int]
+    ) -> "Schedule":
+        from .schedules import WarmupPower
+
+        return WarmupPower(
+            learning_rate,
+            self.warmup_steps,
+            self._decay_steps(total_steps),
+            self.min_learning_rate_fraction * learning_rate,
+            self.power,
+        )
+
+    def validate(self, optimiser: "OptimiserSettings") -> None:
+        super().validate(optimiser)
+        check_range("training.optimiser.schedule.power", self.power, 0, low_open=True)
+
+
+@ScheduleSettings.register_subclass("cosine")
+@dataclasses.dataclass
+class CosineScheduleSettings(WarmupDecayScheduleSettings):
+    """Linear warm-up over W = warmup_steps, then min + (peak - min) x (1 + cos(pi x
+    min(t - W, C) / C)) / 2 over C = decay_steps: half a cosine from the peak to the minimum."""
+
+    def build(
+        self, learning_rate: float, learning_rate_decay: float, total_steps: Optional[int]
+    ) -> "Schedule":
+        from .schedules import Cosine
+
+        return Cosine(
+            learning_rate,
+            self.warmup_steps,
+            self._decay_steps(total_steps),
+            self.min_learning_rate_fraction * learning_rate,
+        )
+
+
+@dataclasses.dataclass
 class OptimiserSettings(draccus.ChoiceRegistry):
     """Base of the optimiser choices (adamw | sgdm): fields shared by both."""
 
     learning_rate: float = 2**-10
-    """Peak learning rate, at step 0 (each parameter's multiplier from the scheme applies on
-    top: parameters.json lists the effective rates)."""
+    """Peak learning rate, at step 0 unless the schedule warms up (each parameter's multiplier
+    from the scheme applies on top: parameters.json lists the effective rates)."""
     learning_rate_decay: float = 0.0
-    """Learning rate at step t is learning_rate * 2 ** (-t * learning_rate_decay)."""
+    """The exponential schedule's rate: learning rate at step t is learning_rate * 2 ** (-t *
+    learning_rate_decay). Must be 0 with the other schedules."""
     weight_decay: float = 0.0
     """Decoupled weight decay: w -= learning_rate * weight_decay * w each step."""
+    schedule: ScheduleSettings = dataclasses.field(default_factory=ExponentialScheduleSettings)
+    """Learning-rate schedule: exponential (learning_rate_decay), warmup_power or cosine (every
+    optimiser has one; switching training.optimiser.type resets it too)."""
 
     @property
     def kind(self) -> str:
@@ -57,10 +199,18 @@ class OptimiserSettings(draccus.ChoiceRegistry):
         weights: WeightStorage = "master",
         seed: int = 0,
         weight_decay_mode: str = "coupled",
+        total_steps: Optional[int] = None,
     ) -> "Optimiser":
-        """The optimiser this choice describes, over ``variables`` (multipliers by path)."""
+        """The optimiser this choice describes, over ``variables`` (multipliers by path);
+        ``total_steps`` (training.steps) ends a schedule whose decay_steps is null."""
         return self.optimiser_class()(
-            self, variables, parameters, weights, seed, weight_decay_mode=weight_decay_mode
+            self,
+            variables,
+            parameters,
+            weights,
+            seed,
+            weight_decay_mode=weight_decay_mode,
+            total_steps=total_steps,
         )
 
     def optimiser_class(self) -> type["Optimiser"]:
@@ -72,6 +222,7 @@ class OptimiserSettings(draccus.ChoiceRegistry):
         check_range("training.optimiser.learning_rate", self.learning_rate, 0, low_open=True)
         check_range("training.optimiser.learning_rate_decay", self.learning_rate_decay, 0)
         check_range("training.optimiser.weight_decay", self.weight_decay, 0)
+        self.schedule.validate(self)
 
 
 @OptimiserSettings.register_subclass("adamw")

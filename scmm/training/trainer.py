@@ -121,6 +121,7 @@ class Trainer(Generic[ModelT]):
                 weights=weights,
                 seed=seed,
                 weight_decay_mode=settings.weight_decay_mode,
+                total_steps=settings.steps,
             )
             self.loss_scaler = LossScaler(settings)
         self._metric_names: Optional[tuple[str, ...]] = None
