@@ -23,6 +23,7 @@ from experiment_helpers import grammar_text, write_grammar_folder
 from scmm.experiments import cli
 from scmm.experiments.runner import Experiment
 from scmm.experiments.settings import SettingsError
+from scmm.experiments.trackers import WandbTracker
 from scmm.models import CharLM
 from scmm.models.settings import LossSettings
 from scmm.ops import get_ops
@@ -313,6 +314,32 @@ def test_short_run_writes_perplexity_and_accuracy(
         assert evaluation["loss"] < evaluation["xentropy"]
     assert summary["best_valid_loss"] == summary["valid_xentropy"]
     assert summary["last_train"]["perplexity"] == steps[-1]["perplexity"]
+
+    # WandB mirrors every numeric field of these records and of the summary.
+    run = _FakeWandbRun()
+    tracker = WandbTracker.__new__(WandbTracker)
+    tracker.run = run  # type: ignore[assignment]
+    for record in records:
+        tracker.log(record)
+    tracker.summary(summary)
+    for kind in ("train_step", "eval_train", "eval_valid", "eval_test"):
+        for name in ("xentropy", "perplexity", "accuracy"):
+            assert f"{kind}/{name}" in run.logged, (kind, name)
+    for split in ("train", "valid", "test"):
+        assert run.summary[f"{split}_perplexity"] == summary[f"{split}_perplexity"]
+        assert run.summary[f"{split}_accuracy"] == summary[f"{split}_accuracy"]
+
+
+class _FakeWandbRun:
+    """What WandbTracker calls on a run: log(metrics, step) and the summary mapping."""
+
+    def __init__(self) -> None:
+        self.logged: dict[str, Any] = {}
+        self.summary: dict[str, Any] = {}
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        del step
+        self.logged.update(metrics)
 
 
 # Bad values are refused before compute ----------------------------------------------------------
