@@ -157,6 +157,8 @@ def migrate_full(tree: dict[str, Any]) -> dict[str, Any]:
     if "precision" in new["model"]:
         # Added after the golden file: the rounding mode (nearest, as every golden run rounded).
         new["model"]["precision"].setdefault("rounding", "nearest")
+    # Added after the golden file: the loss weighting (none, offset 0: the loss as before).
+    new["model"].setdefault("loss", {"weighting": "none", "autoregression_offset": 0})
     token = new["model"].get("token", {})
     if token.get("type", "ffn") == "ffn" and "token" in new["model"]:
         token.setdefault("activation", "relu")  # the FFN's nonlinearity, relu as before

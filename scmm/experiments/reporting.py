@@ -20,7 +20,18 @@ from ..training.settings import OptimiserSettings
 from .settings import ExperimentSettings, to_dict
 
 # Per-step arrays the trainer returns that are summarised specially (not "last value").
-_SPECIAL = ("loss", "n_tokens", "learning_rate", "loss_scale", "skipped")
+_SPECIAL = (
+    "loss",
+    "n_tokens",
+    "learning_rate",
+    "loss_scale",
+    "skipped",
+    "xentropy",
+    "perplexity",
+    "accuracy",
+)
+# Evaluation metrics copied to summary.json per split (when the model returns them).
+SPLIT_METRICS = ("loss", "bpc", "xentropy", "perplexity", "accuracy")
 
 
 @dataclasses.dataclass
@@ -41,7 +52,10 @@ def chunk_metrics(results: Mapping[str, np.ndarray], elapsed: float) -> dict[str
     """The ``train_step`` record of one compiled chunk from its per-step arrays.
 
     Mean and last loss, the learning rate and loss scale at the last step, skipped steps,
-    tokens and throughput, and the last value of every other scalar the model returned.
+    tokens and throughput, and the last value of every other scalar the model returned. When
+    the model returns them, ``xentropy`` and ``accuracy`` are means over the chunk's steps
+    (equal-sized batches), ``perplexity`` is exp of that mean xentropy and BPC is of it (not
+    of a weighted loss).
     """
     tokens = float(np.sum(results["n_tokens"]))
     mean_loss = float(np.mean(results["loss"]))
@@ -53,6 +67,15 @@ def chunk_metrics(results: Mapping[str, np.ndarray], elapsed: float) -> dict[str
         "tokens": tokens,
         "tokens_per_second": tokens / elapsed,
     }
+    if "xentropy" in results:
+        xentropy = float(np.mean(results["xentropy"]))
+        metrics.update(
+            bpc=xentropy / math.log(2),
+            xentropy=xentropy,
+            perplexity=math.inf if xentropy > 709.0 else math.exp(xentropy),
+        )
+    if "accuracy" in results:
+        metrics["accuracy"] = float(np.mean(results["accuracy"]))
     for name, values in results.items():
         if name not in _SPECIAL:
             metrics[name] = float(values[-1])
@@ -148,13 +171,15 @@ def summary_record(
     best_valid_loss: float,
     **fields: Any,
 ) -> dict[str, Any]:
-    """``summary.json``: status, step, each evaluated split's loss and BPC, throughput, the
-    best validation, then ``fields`` (wall time, parameters, last training metrics, …)."""
+    """``summary.json``: status, step, each evaluated split's loss, BPC, xentropy, perplexity
+    and accuracy (those the evaluation gave), throughput, the best validation, then
+    ``fields`` (wall time, parameters, last training metrics, …)."""
     summary: dict[str, Any] = {"status": status, "step": step}
     for split in ("train", "valid", "test"):
         if split in results:
-            summary[f"{split}_loss"] = results[split]["loss"]
-            summary[f"{split}_bpc"] = results[split]["bpc"]
+            for name in SPLIT_METRICS:
+                if name in results[split]:
+                    summary[f"{split}_{name}"] = results[split][name]
     summary.update(
         tokens_per_second=throughput.tokens_per_second,
         compile_seconds=throughput.compile_seconds,

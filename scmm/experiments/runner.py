@@ -233,9 +233,12 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
     def _validate(self, step: int) -> None:
         """Validation loss, then the checkpoint (best.npz when it improved)."""
         valid = self._evaluate("valid", step)
-        improved = valid["loss"] < self.best_valid_loss
+        # The best is by the unweighted cross-entropy (BPC's), the loss itself under weighting
+        # none: best_valid_loss and best_valid_bpc stay comparable across loss weightings.
+        score = valid.get("xentropy", valid["loss"])
+        improved = score < self.best_valid_loss
         if improved:
-            self.best_valid_loss, self.best_step = valid["loss"], step
+            self.best_valid_loss, self.best_step = score, step
         self._save_checkpoint(improved)
         assert self.progress is not None
         self.progress.message(f"step {step}: valid bpc {valid['bpc']:.4f}")

@@ -45,7 +45,8 @@ class OutputSettings:
     train_eval_chars: int = 2**17
     """Characters from the start of the training split evaluated for train_bpc."""
     keep_best: bool = True
-    """Keep checkpoints/best.npz (lowest validation loss) beside checkpoints/last.npz."""
+    """Keep checkpoints/best.npz (lowest validation cross-entropy, unweighted) beside
+    checkpoints/last.npz."""
     analyse: Literal["off", "init", "validation"] = "off"
     """Scale analysis (scales.json, scales.png): off; at initialisation (init; also --analyse);
     or at initialisation and every validation (validation)."""
@@ -88,6 +89,13 @@ class ExperimentSettings:
         self.data.validate()
         self.model.validate()
         self.training.validate()
+        offset = self.model.loss.autoregression_offset
+        if offset >= self.data.sequence_length:
+            raise ValueError(
+                f"model.loss.autoregression_offset={offset} must be <"
+                f" data.sequence_length={self.data.sequence_length} (the first offset positions"
+                " of every sequence are not scored; at least one must be)"
+            )
         if self.seed is not None and not 0 <= self.seed < 2**31:
             raise ValueError(f"seed must be in [0, 2^31), got {self.seed}")
         if not self.output.progress_interval >= 0:

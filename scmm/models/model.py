@@ -1,9 +1,10 @@
 """The character language model: embedding -> shift -> depth x residual blocks -> norm -> head.
 
-``CharLM(settings)(tokens, mask)`` returns the masked mean cross-entropy (float32), the token
-count and a few activation statistics. The model predicts ``tokens[:, t]`` from
-``tokens[:, :t]``: the ``Shift`` layer moves embeddings one step right, so every causal
-sequence mixer after it only sees earlier characters.
+``CharLM(settings)(tokens, mask)`` returns the loss (float32: the masked mean cross-entropy, or
+the weighted one ``model.loss`` asks for), the token count, the unweighted cross-entropy,
+perplexity and top-1 accuracy, and a few activation statistics. The model predicts
+``tokens[:, t]`` from ``tokens[:, :t]``: the ``Shift`` layer moves embeddings one step right, so
+every causal sequence mixer after it only sees earlier characters.
 """
 
 import contextlib
@@ -15,7 +16,12 @@ import tensorflow as tf
 
 from .. import layers, precision
 from ..ops import get_ops
-from ..ops.kernels import cross_entropy_sum
+from ..ops.kernels import (
+    correct_count,
+    cross_entropy_sum,
+    inverse_frequency_weights,
+    scored_positions,
+)
 from ..parameters import Parameter, ParameterTable
 from ..schemes.scheme import BranchKind, Scheme
 from .settings import ModelSettings
@@ -186,12 +192,46 @@ class CharLM(keras.Model):
             mask = tf.ones_like(tokens, dtype=tf.bool)
         hidden = self.hidden_states(tokens)
         logits = self._head(hidden)
-        loss, n_tokens = self.ops.cross_entropy(logits, tokens, mask)
+        return {
+            **self.loss_outputs(logits, tokens, mask),
+            "hidden_rms": _rms(hidden),
+            "logits_rms": _rms(logits),
+        }
+
+    def loss_outputs(
+        self, logits: tf.Tensor, tokens: tf.Tensor, mask: tf.Tensor
+    ) -> dict[str, tf.Tensor]:
+        """The loss and its metrics from logits (b, s, vocab), as ``model.loss`` says.
+
+        ``loss`` (minimised) and ``n_tokens`` (the scored targets: ``mask`` without the first
+        ``autoregression_offset`` positions), then the unweighted metrics, token means over the
+        scored targets: ``xentropy`` (mean cross-entropy; the loss itself under weighting
+        none), ``perplexity`` = exp(xentropy) of this batch, ``accuracy`` (top-1).
+        """
+        settings = self.settings.loss
+        offset = settings.autoregression_offset
+        length = tokens.shape[-1]
+        if length is not None and offset >= length:
+            raise ValueError(
+                f"model.loss.autoregression_offset={offset} must be < the sequence length"
+                f" {length} (no position would be scored)"
+            )
+        scored = scored_positions(mask, offset)
+        if settings.weighting == "none":
+            loss, n_tokens = self.ops.cross_entropy(logits, tokens, scored)
+            xentropy = loss
+        else:
+            weights = inverse_frequency_weights(tokens, scored, int(logits.shape[-1]))
+            loss, n_tokens = self.ops.cross_entropy(logits, tokens, scored, weights)
+            # The same op set's loss (u-mup's multiplier included), unweighted, no gradient.
+            xentropy, _ = self.ops.cross_entropy(tf.stop_gradient(logits), tokens, scored)
+        correct = correct_count(tf.stop_gradient(logits), tokens, scored)
         return {
             "loss": loss,
             "n_tokens": n_tokens,
-            "hidden_rms": _rms(hidden),
-            "logits_rms": _rms(logits),
+            "xentropy": xentropy,
+            "perplexity": tf.exp(tf.stop_gradient(xentropy)),
+            "accuracy": correct / tf.maximum(n_tokens, 1.0),
         }
 
     @property

@@ -25,6 +25,9 @@ __all__ = [
     "ConvSettings",
     "DType",
     "FFNSettings",
+    "LOSS_WEIGHTINGS",
+    "LossSettings",
+    "LossWeighting",
     "MATMUL_FORMATS",
     "ModelSettings",
     "NoTokenMixerSettings",
@@ -230,6 +233,45 @@ class ResidualSettings:
     """Branch weight for weighting=fixed (ignored otherwise)."""
 
 
+LossWeighting = Literal["none", "inverse_frequency"]
+LOSS_WEIGHTINGS: tuple[str, ...] = ("none", "inverse_frequency")
+
+
+@dataclasses.dataclass
+class LossSettings:
+    """The objective the model computes from its logits: which targets count, with what weight.
+
+    A model setting, not a training one: ``model(tokens, mask)`` returns its loss, so the model
+    settings say what that loss is (as u-mup's ``loss_softmax`` multiplier does), the trainer
+    minimises whatever comes back, and evaluation reports the same objective on held-out text.
+    """
+
+    weighting: LossWeighting = "none"
+    """none: every scored target weighs 1 (the mean cross-entropy). inverse_frequency: each
+    target weighs 1/(its count in its own sequence's scored window), Graphcore's sparse-LM
+    objective; the sum is still divided by the number of scored targets, not by the sum of
+    the weights. xentropy, perplexity and accuracy are always the unweighted metrics."""
+    autoregression_offset: int = 0
+    """Positions 0..offset-1 of every sequence are not scored (neither in the loss nor in
+    n_tokens), in training and evaluation alike; must be < data.sequence_length. Training
+    windows already skip their first data.overlap_length positions, so only an offset above
+    that changes training. Evaluation then skips the split's first offset characters and, for
+    an offset above overlap_length, positions overlap_length..offset-1 of every window."""
+
+    def validate(self) -> None:
+        """Raise ValueError naming an impossible value."""
+        if self.weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(
+                f"model.loss.weighting must be one of {', '.join(LOSS_WEIGHTINGS)},"
+                f" got {self.weighting!r}"
+            )
+        offset = self.autoregression_offset
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise ValueError(
+                f"model.loss.autoregression_offset must be an integer >= 0, got {offset!r}"
+            )
+
+
 @dataclasses.dataclass
 class ModelSettings:
     """Character LM: embedding, shift, depth x (sequence, token) blocks, final norm, head."""
@@ -256,6 +298,8 @@ class ModelSettings:
     the compute dtype, updates stochastically rounded (as on IPU)."""
     precision: PrecisionSettings = dataclasses.field(default_factory=PrecisionSettings)
     """Simulated low-precision (e.g. FP8) matmul inputs and gradients."""
+    loss: LossSettings = dataclasses.field(default_factory=LossSettings)
+    """The loss: target weighting and autoregression offset."""
     seed: Optional[int] = None
     """Initialisation seed. null: derived from the experiment seed."""
 
@@ -275,3 +319,4 @@ class ModelSettings:
         )
         self.sequence.validate(self.hidden_size)
         self.precision.validate()
+        self.loss.validate()

@@ -161,6 +161,14 @@ class OpSet(abc.ABC):  # pylint: disable=too-many-public-methods  # one method p
 
     @abc.abstractmethod
     def cross_entropy(
-        self, logits: tf.Tensor, targets: tf.Tensor, mask: tf.Tensor
+        self,
+        logits: tf.Tensor,
+        targets: tf.Tensor,
+        mask: tf.Tensor,
+        weights: Optional[tf.Tensor] = None,
     ) -> tuple[tf.Tensor, tf.Tensor]:
-        """(masked mean cross-entropy, token count), both float32, from logits (..., classes)."""
+        """(masked mean cross-entropy, token count), both float32, from logits (..., classes).
+
+        ``weights`` (float32, the targets' shape, no gradient) multiplies each scored token's
+        cross-entropy; the sum is still divided by the token count (Graphcore's weighted loss).
+        """

@@ -201,15 +201,60 @@ def highway_scan(gates_in: tf.Tensor, recurrent: tf.Tensor) -> tf.Tensor:
 
 
 def cross_entropy_sum(
-    logits: tf.Tensor, targets: tf.Tensor, mask: tf.Tensor
+    logits: tf.Tensor,
+    targets: tf.Tensor,
+    mask: tf.Tensor,
+    token_weights: Optional[tf.Tensor] = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """(sum of masked per-token cross-entropies, token count), both float32.
 
     Computed in float32 whatever the logits' dtype: a 16-bit log-softmax loses most of its
-    precision exactly where the loss is small.
+    precision exactly where the loss is small. ``token_weights`` (float32, the targets' shape)
+    multiplies each scored token's term; the count stays the number of scored tokens.
     """
     per_token = tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=targets, logits=tf.cast(logits, tf.float32)
     )  # (b, s)
     weights = tf.cast(mask, tf.float32)
-    return tf.reduce_sum(per_token * weights), tf.reduce_sum(weights)
+    if token_weights is None:
+        return tf.reduce_sum(per_token * weights), tf.reduce_sum(weights)
+    weighted = per_token * weights * tf.stop_gradient(tf.cast(token_weights, tf.float32))
+    return tf.reduce_sum(weighted), tf.reduce_sum(weights)
+
+
+def scored_positions(mask: tf.Tensor, offset: int) -> tf.Tensor:
+    """``mask`` (..., s) with its first ``offset`` positions along the last axis cleared."""
+    if offset == 0:
+        return mask
+    mask = tf.cast(mask, tf.bool)
+    length = mask.shape[-1]
+    if length is None:
+        raise ValueError(f"an offset needs a static sequence length, got mask {mask.shape}")
+    if not 0 <= offset < length:
+        raise ValueError(f"offset {offset} must be in [0, sequence length {length})")
+    return tf.logical_and(mask, tf.range(length) >= offset)
+
+
+def inverse_frequency_weights(targets: tf.Tensor, scored: tf.Tensor, classes: int) -> tf.Tensor:
+    """Graphcore's target weights: 1 / n, n = how often this target occurs among the scored
+    targets of its own sequence (the last axis; itself included), 0 where not scored.
+
+    targets: int (..., s) in [0, classes); scored: bool (..., s). Float32, no gradient. Counts
+    are exact (sums of ones in float32, far below 2^24).
+    """
+    length = targets.shape[-1]
+    ids = tf.reshape(tf.cast(targets, tf.int32), [-1, length])  # (rows, s)
+    keep = tf.cast(tf.reshape(scored, [-1, length]), tf.float32)
+    rows = tf.shape(ids)[0]
+    segments = tf.range(rows)[:, tf.newaxis] * classes + ids  # (rows, s): one bin per row, class
+    counts = tf.math.unsorted_segment_sum(keep, segments, rows * classes)  # (rows * classes,)
+    weights = keep / tf.maximum(tf.gather(counts, segments), 1.0)
+    return tf.stop_gradient(tf.reshape(weights, tf.shape(targets)))
+
+
+def correct_count(logits: tf.Tensor, targets: tf.Tensor, scored: tf.Tensor) -> tf.Tensor:
+    """How many scored targets are the logits' top-1 class (float32; the first of tied maxima,
+    as numpy's argmax)."""
+    top = tf.argmax(tf.cast(logits, tf.float32), axis=-1, output_type=tf.int32)
+    hits = tf.logical_and(tf.equal(top, tf.cast(targets, tf.int32)), tf.cast(scored, tf.bool))
+    return tf.reduce_sum(tf.cast(hits, tf.float32))

@@ -139,7 +139,11 @@ class PlainOps(OpSet):
         )
 
     def cross_entropy(
-        self, logits: tf.Tensor, targets: tf.Tensor, mask: tf.Tensor
+        self,
+        logits: tf.Tensor,
+        targets: tf.Tensor,
+        mask: tf.Tensor,
+        weights: Optional[tf.Tensor] = None,
     ) -> tuple[tf.Tensor, tf.Tensor]:
-        total, n_tokens = kernels.cross_entropy_sum(logits, targets, mask)
+        total, n_tokens = kernels.cross_entropy_sum(logits, targets, mask, weights)
         return total / tf.maximum(n_tokens, 1.0), n_tokens

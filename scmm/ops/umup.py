@@ -30,6 +30,8 @@ change the forward function:
 """
 
 import math
+from typing import Optional
+
 import numpy as np
 import tensorflow as tf
 
@@ -117,6 +119,12 @@ class UmupOps(UnitOps):
         )
 
     def cross_entropy(
-        self, logits: tf.Tensor, targets: tf.Tensor, mask: tf.Tensor
+        self,
+        logits: tf.Tensor,
+        targets: tf.Tensor,
+        mask: tf.Tensor,
+        weights: Optional[tf.Tensor] = None,
     ) -> tuple[tf.Tensor, tf.Tensor]:
-        return uscale.softmax_cross_entropy(logits, targets, mask, mult=self.loss_softmax)
+        return uscale.softmax_cross_entropy(
+            logits, targets, mask, mult=self.loss_softmax, weights=weights
+        )

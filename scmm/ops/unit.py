@@ -127,9 +127,13 @@ class UnitOps(OpSet):
         return uscale.residual_add(skip, branch_output, _unit_tau(tau))
 
     def cross_entropy(
-        self, logits: tf.Tensor, targets: tf.Tensor, mask: tf.Tensor
+        self,
+        logits: tf.Tensor,
+        targets: tf.Tensor,
+        mask: tf.Tensor,
+        weights: Optional[tf.Tensor] = None,
     ) -> tuple[tf.Tensor, tf.Tensor]:
-        return uscale.softmax_cross_entropy(logits, targets, mask)
+        return uscale.softmax_cross_entropy(logits, targets, mask, weights=weights)
 
 
 def _unit_tau(tau: Optional[float]) -> float:

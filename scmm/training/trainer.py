@@ -193,7 +193,12 @@ class Trainer(Generic[ModelT]):
 
     def _eval_step_fn(self, tokens: tf.Tensor, mask: tf.Tensor) -> dict[str, tf.Tensor]:
         outputs = self.model(tokens, mask)
-        return {"loss_sum": outputs["loss"] * outputs["n_tokens"], "n_tokens": outputs["n_tokens"]}
+        sums = {"loss_sum": outputs["loss"] * outputs["n_tokens"], "n_tokens": outputs["n_tokens"]}
+        # Token means a model may return beside its loss, summed so batches weigh by tokens.
+        for name in ("xentropy", "accuracy"):
+            if name in outputs:
+                sums[f"{name}_sum"] = outputs[name] * outputs["n_tokens"]
+        return sums
 
     # Host API --------------------------------------------------------------------------------
 
@@ -266,12 +271,27 @@ class Trainer(Generic[ModelT]):
         return results
 
     def evaluate(self, batches: Iterable[Mapping[str, np.ndarray]]) -> dict[str, float]:
-        """Token-weighted mean loss and BPC over ``batches`` (each (sequences, length))."""
-        loss_sum, n_tokens = 0.0, 0.0
+        """Token-weighted mean loss and BPC over ``batches`` (each (sequences, length)).
+
+        For a model that also returns them: ``xentropy``, the unweighted mean cross-entropy
+        (BPC is then of it, not of a weighted loss), ``perplexity`` = exp(xentropy) over all
+        the batches (exp of the mean, not a mean of per-batch perplexities) and top-1
+        ``accuracy``, both token-weighted like the loss.
+        """
+        sums: dict[str, float] = {}
         for out in self.execution.stream(self._eval_step, batches):
-            loss_sum += float(out["loss_sum"])
-            n_tokens += float(out["n_tokens"])
+            for name, value in out.items():
+                sums[name] = sums.get(name, 0.0) + float(value)
+        n_tokens = sums.get("n_tokens", 0.0)
         if n_tokens == 0:
             raise ValueError("evaluation saw no unmasked tokens")
-        loss = loss_sum / n_tokens
-        return {"loss": loss, "bpc": bits_per_character(loss), "n_tokens": n_tokens}
+        loss = sums["loss_sum"] / n_tokens
+        result = {"loss": loss, "bpc": bits_per_character(loss), "n_tokens": n_tokens}
+        if "xentropy_sum" in sums:
+            xentropy = sums["xentropy_sum"] / n_tokens
+            result["bpc"] = bits_per_character(xentropy)
+            result["xentropy"] = xentropy
+            result["perplexity"] = math.inf if xentropy > 709.0 else math.exp(xentropy)
+        if "accuracy_sum" in sums:
+            result["accuracy"] = sums["accuracy_sum"] / n_tokens
+        return result

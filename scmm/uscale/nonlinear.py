@@ -108,7 +108,11 @@ def softmax(x: tf.Tensor, axis: int = -1) -> tf.Tensor:
 
 
 def softmax_cross_entropy(
-    logits: tf.Tensor, targets: tf.Tensor, mask: tf.Tensor, mult: float = 1.0
+    logits: tf.Tensor,
+    targets: tf.Tensor,
+    mask: tf.Tensor,
+    mult: float = 1.0,
+    weights: Optional[tf.Tensor] = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """(masked mean cross-entropy, token count), both float32, from logits (..., s).
 
@@ -124,6 +128,14 @@ def softmax_cross_entropy(
     ``mult`` (u-mup's alpha_loss-softmax) is a softmax temperature: the loss is that of
     ``mult * logits``, and the backward scale is divided by ``mult`` so the logits' gradient
     stays ~1 (exact for near-uniform predictions, as at u-mup's initialisation).
+
+    ``weights`` (float32, the targets' shape, no gradient): the loss is sum(w CE) / count, the
+    count still that of the scored tokens (Graphcore's weighted loss). Each scored token's
+    logits gradient is then w times the unit one, and it is *not* rescaled back: its std over
+    the scored positions is rms(w) (``tests/test_loss_weighting.py`` states the measurement).
+    A factor 1 / rms(w) would depend on the batch, so the gradient of a batch would no longer
+    be the sum of its parts' gradients (micro-batching), and it would change the objective's
+    balance between steps; rms(w) ~ 0.2-0.5 on text is well inside every format's range.
     """
     classes = static_size(logits.shape[-1:], "softmax_cross_entropy logits")
     if classes < 2:
@@ -136,8 +148,12 @@ def softmax_cross_entropy(
     if mult != 1.0:
         logits32 = logits32 * mult
     per_token = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits32)
-    weights = tf.cast(mask, tf.float32)
-    total = tf.reduce_sum(per_token * weights)
-    n_tokens = tf.reduce_sum(weights)
+    weights_f = tf.cast(mask, tf.float32)
+    if weights is None:
+        total = tf.reduce_sum(per_token * weights_f)
+    else:
+        token_weights = tf.stop_gradient(tf.cast(weights, tf.float32))
+        total = tf.reduce_sum(per_token * weights_f * token_weights)
+    n_tokens = tf.reduce_sum(weights_f)
     count = tf.maximum(n_tokens, 1.0)
     return scaling(total / count, backward=tf.stop_gradient(count)), n_tokens
