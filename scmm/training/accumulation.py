@@ -14,7 +14,8 @@ How the parts combine depends on how the model's loss reduces its tokens in the 
   at 0.7071 for M = 2).
 
 Metrics combine like the loss: ``loss`` and other per-token averages token-weighted,
-``n_tokens`` summed, ``*_rms`` as the root of the mean square over the (equal-sized) parts.
+``n_tokens`` summed, ``*_rms`` as the root of the mean square over the (equal-sized) parts,
+``perplexity`` as exp of the combined ``xentropy``.
 """
 
 from typing import Any, Callable, Mapping, Sequence
@@ -113,4 +114,7 @@ def combine_outputs(parts: Sequence[Mapping[str, tf.Tensor]]) -> dict[str, tf.Te
             combined[key] = tf.sqrt(tf.add_n([tf.square(v) for v in values]) / len(values))
         else:
             combined[key] = tf.add_n([v * n for v, n in zip(values, counts)]) / safe
+    if "perplexity" in combined and "xentropy" in combined:
+        # exp of the mean cross-entropy, not the mean of the parts' exps.
+        combined["perplexity"] = tf.exp(combined["xentropy"])
     return combined
