@@ -1,0 +1,158 @@
+"""scmm.sparsity's RigL core against numpy references, eagerly and under XLA."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# pylint: disable=wrong-import-position
+from typing import Any
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from scmm import sparsity
+from scmm.sparsity import ranking
+
+# ---------------------------------------------------------------- ranking
+
+
+def ref_select(score: np.ndarray, allowed: np.ndarray, k: int, largest: bool) -> np.ndarray:
+    """The k allowed positions with the largest/smallest score, ties to the lower index."""
+    flat, ok = score.ravel(), allowed.ravel()
+    idx = np.flatnonzero(ok)
+    key = -flat[idx] if largest else flat[idx]
+    order = idx[np.lexsort((idx, key))]
+    chosen = np.zeros(flat.size, bool)
+    chosen[order[: max(0, min(k, idx.size))]] = True
+    return chosen.reshape(score.shape)
+
+
+def ref_fmix32(h: np.ndarray) -> np.ndarray:
+    h = h.astype(np.uint64) & 0xFFFFFFFF
+    h ^= h >> np.uint64(16)
+    h = (h * np.uint64(0x85EBCA6B)) & 0xFFFFFFFF
+    h ^= h >> np.uint64(13)
+    h = (h * np.uint64(0xC2B2AE35)) & 0xFFFFFFFF
+    return h ^ (h >> np.uint64(16))
+
+
+def ref_random_bits(n: int, seed: tuple[int, int]) -> np.ndarray:
+    low = [np.uint64(s & 0xFFFFFFFF) for s in seed]
+    key = ref_fmix32(np.array(ref_fmix32(np.array(low[0])) ^ low[1]))
+    index = (np.arange(n, dtype=np.uint64) + np.uint64(0x9E3779B9)) & 0xFFFFFFFF
+    return ref_fmix32(ref_fmix32(index) ^ key)
+
+
+def test_select_breaks_ties_by_index_and_never_prefers_nan() -> None:
+    rng = np.random.default_rng(0)
+    score = rng.integers(0, 3, (5, 7)).astype(np.float32)  # many ties
+    allowed = rng.random((5, 7)) < 0.6
+    select = tf.function(ranking.select, jit_compile=True)
+    for k in (0, 1, 4, 9, 100):
+        for largest in (True, False):
+            expect = ref_select(score, allowed, k, largest)
+            eager = ranking.select(score, allowed, k, largest=largest)
+            np.testing.assert_array_equal(eager, expect, err_msg=f"k={k} largest={largest}")
+            compiled = select(
+                tf.constant(score), tf.constant(allowed), tf.constant(k), largest=largest
+            )
+            np.testing.assert_array_equal(compiled, expect)
+    # Negative zero ties with zero (so the index decides); NaN is never preferred.
+    score = tf.constant([[0.0, -0.0, float("nan"), 0.0]])
+    everywhere = tf.ones((1, 4), tf.bool)
+    for largest in (True, False):
+        np.testing.assert_array_equal(
+            ranking.select(score, everywhere, 3, largest=largest), [[True, True, False, True]]
+        )
+    # Scores of either sign order correctly.
+    signed = tf.constant([[-2.0, 3.0, -0.5, 1.0, float("-inf"), float("inf")]])
+    top = ranking.select(signed, tf.ones((1, 6), tf.bool), 3, largest=True)
+    np.testing.assert_array_equal(top, [[False, True, False, True, False, True]])
+
+
+def test_random_bits_match_numpy_eagerly_and_under_xla() -> None:
+    seed = tf.constant([12345, -7], tf.int64)
+    draws = ranking.random_bits((6, 8), seed)
+    compiled = tf.function(lambda s: ranking.random_bits((6, 8), s), jit_compile=True)(seed)
+    expect = ref_random_bits(48, (12345, -7)).reshape(6, 8)
+    np.testing.assert_array_equal(np.asarray(draws).astype(np.uint64), expect)
+    np.testing.assert_array_equal(compiled, draws)
+    assert np.unique(expect).size == 48  # a bijection of the index: no ties
+
+
+# ---------------------------------------------------------------- blocks
+
+
+def ref_pool(matrix: np.ndarray, block: int, mode: str) -> np.ndarray:
+    rows, cols = matrix.shape[0] // block, matrix.shape[1] // block
+    out = np.zeros((rows, cols), matrix.dtype)
+    for i in range(rows):
+        for j in range(cols):
+            tile = np.abs(matrix[i * block : (i + 1) * block, j * block : (j + 1) * block])
+            out[i, j] = {"sum": tile.sum(), "average": tile.mean(), "max": tile.max()}[mode]
+    return out
+
+
+@pytest.mark.parametrize("mode", sparsity.POOLING_MODES)
+@pytest.mark.parametrize("block", [1, 2, 4])
+def test_pool_blocks_matches_numpy(mode: str, block: int) -> None:
+    matrix = np.random.default_rng(7).standard_normal((8, 12)).astype(np.float32)
+    out = sparsity.pool_blocks(matrix, block, mode)
+    assert out.shape == (8 // block, 12 // block)
+    np.testing.assert_allclose(out, ref_pool(matrix, block, mode), rtol=1e-6)
+    if mode == "sum":
+        np.testing.assert_array_equal(sparsity.block_l1(matrix, block), out)
+
+
+def test_pool_and_expand_compile() -> None:
+    matrix = np.random.default_rng(8).standard_normal((8, 12)).astype(np.float32)
+    pool = tf.function(lambda m: sparsity.pool_blocks(m, 4, "max"), jit_compile=True)
+    np.testing.assert_allclose(pool(tf.constant(matrix)), ref_pool(matrix, 4, "max"))
+    expand = tf.function(lambda m: sparsity.expand_blocks(m, 4), jit_compile=True)
+    block_mask = np.random.default_rng(9).random((2, 3)) < 0.5
+    np.testing.assert_array_equal(
+        expand(tf.constant(block_mask)), np.kron(block_mask, np.ones((4, 4), bool))
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.bool_, np.float32])
+def test_expand_blocks_matches_kron(dtype: Any) -> None:
+    block_mask = (np.random.default_rng(10).random((3, 2)) < 0.5).astype(dtype)
+    out = np.asarray(sparsity.expand_blocks(block_mask, 3))
+    assert out.dtype == block_mask.dtype and out.shape == (9, 6)
+    np.testing.assert_array_equal(out, np.kron(block_mask, np.ones((3, 3), dtype)))
+
+
+def test_matrix_view_of_higher_rank_kernels() -> None:
+    assert sparsity.matrix_shape((5, 8, 16), fan_in_dims=2) == (40, 16)  # Conv1D (k, in, out)
+    assert sparsity.matrix_shape((32, 3, 2, 16)) == (32, 96)  # scmm qkv (h, 3, heads, hs)
+    kernel = np.arange(2 * 4 * 8, dtype=np.float32).reshape(2, 4, 8)
+    matrix = sparsity.as_matrix(kernel, fan_in_dims=2)
+    np.testing.assert_array_equal(matrix, kernel.reshape(8, 8))
+    np.testing.assert_array_equal(sparsity.from_matrix(matrix, kernel.shape), kernel)
+    block_mask = np.array([[True, False], [False, True]])
+    element = np.asarray(sparsity.kernel_mask(block_mask, 4, kernel.shape, fan_in_dims=2))
+    np.testing.assert_array_equal(element.reshape(8, 8), np.kron(block_mask, np.ones((4, 4), bool)))
+    with pytest.raises(ValueError, match="does not match the block grid"):
+        sparsity.kernel_mask(block_mask, 2, kernel.shape, fan_in_dims=2)
+    with pytest.raises(ValueError, match="fan_in_dims"):
+        sparsity.matrix_shape((4, 4), fan_in_dims=2)
+
+
+def test_block_that_does_not_divide_is_a_clear_error() -> None:
+    with pytest.raises(
+        ValueError, match=r"qkv: block size 16 .* rows \(fan-in\) dimension of size 40"
+    ):
+        sparsity.block_grid((40, 64), 16, name="qkv")
+    with pytest.raises(
+        ValueError, match=r"block size 16 .* columns \(fan-out\) dimension of size 24"
+    ):
+        sparsity.block_grid((64, 24), 16)
+    with pytest.raises(ValueError, match="block size 3"):  # before any op is built
+        sparsity.pool_blocks(np.ones((6, 8), np.float32), 3, "sum")
+    with pytest.raises(ValueError, match="positive integer"):
+        sparsity.block_grid((4, 4), 0)
+    with pytest.raises(ValueError, match="pooling mode"):
+        sparsity.pool_blocks(np.ones((4, 4), np.float32), 2, "mean")
+    assert sparsity.block_grid((48, 64), 16) == (3, 4)
