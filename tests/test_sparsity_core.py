@@ -1,5 +1,7 @@
 """scmm.sparsity's RigL core against numpy references, eagerly and under XLA."""
 
+import functools
+import math
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -156,3 +158,113 @@ def test_block_that_does_not_divide_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="pooling mode"):
         sparsity.pool_blocks(np.ones((4, 4), np.float32), 2, "mean")
     assert sparsity.block_grid((48, 64), 16) == (3, 4)
+
+
+# ---------------------------------------------------------------- schedule
+
+
+def ref_cosine(
+    t: int, alpha: float, end: int, zero_steps: int = 0, phase: float = 0.0, period: float = 0.5
+) -> float:
+    if t < zero_steps or t >= end:
+        return 0.0
+    angle = phase + period * 2 * math.pi * (t - zero_steps) / (end - zero_steps)
+    return alpha * 0.5 * (1 + math.cos(angle))
+
+
+def test_cosine_schedule_against_the_formula() -> None:
+    alpha, end, zero = 0.3, 110, 10
+    for t in (0, 5, zero, 35, 60, 100, end, 150):
+        got = float(
+            sparsity.drop_fraction(t, schedule="cosine", alpha=alpha, end_step=end, zero_steps=zero)
+        )
+        assert got == pytest.approx(ref_cosine(t, alpha, end, zero), abs=1e-7), t
+    cosine = functools.partial(sparsity.cosine_drop_fraction, alpha=alpha, end_step=end)
+    assert float(cosine(0)) == pytest.approx(alpha)  # zero_steps 0: starts at alpha
+    assert float(cosine(zero, zero_steps=zero)) == pytest.approx(alpha)
+    assert float(cosine(60, zero_steps=zero)) == pytest.approx(alpha / 2)  # mid-way
+    assert float(cosine(end)) == 0.0 and float(cosine(end + 40)) == 0.0  # frozen past T
+    for t in (0, 20, 77, 109):  # a phase delay and a cyclic period
+        got = float(cosine(t, phase=0.3, period=0.75))
+        assert got == pytest.approx(ref_cosine(t, alpha, end, 0, 0.3, 0.75), abs=1e-7)
+    traced = tf.function(lambda t: cosine(t, zero_steps=zero), jit_compile=True)
+    assert float(traced(tf.constant(60, tf.int64))) == pytest.approx(alpha / 2)
+    assert float(sparsity.drop_fraction(123, schedule="constant", alpha=0.3)) == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="schedule"):
+        sparsity.drop_fraction(0, schedule="linear", alpha=0.3)
+
+
+def test_drop_count_rounds_half_up() -> None:
+    cases = {(0.3, 10): 3, (0.25, 2): 1, (0.05, 10): 1, (0.04, 10): 0, (0.3, 26): 8, (0.0, 9): 0}
+    for (fraction, active), expect in cases.items():
+        assert int(sparsity.drop_count(fraction, active)) == expect, (fraction, active)
+    assert int(sparsity.drop_count(tf.constant(0.3), tf.constant(26))) == 8
+
+
+def test_update_steps() -> None:
+    steps = [0, 1, 50, 100, 150, 200]
+    assert [bool(sparsity.is_update_step(t, 100)) for t in steps] == [0, 0, 0, 1, 0, 1]
+    assert [bool(sparsity.is_update_step(t, 50)) for t in steps] == [0, 0, 1, 1, 1, 1]
+    for static in (None, 0):
+        assert not any(bool(sparsity.is_update_step(t, static)) for t in steps)
+    traced = tf.function(lambda t: sparsity.is_update_step(t, 100), jit_compile=True)
+    assert bool(traced(tf.constant(300, tf.int64))) and not bool(traced(tf.constant(301, tf.int64)))
+    with pytest.raises(ValueError, match="interval"):
+        sparsity.is_update_step(0, -5)
+
+
+# ---------------------------------------------------------------- distribution
+
+
+SHAPES = [(8, 8), (64, 256), (256, 64), (64, 64), (16, 512)]
+
+
+def test_uniform_densities_and_block_counts() -> None:
+    assert sparsity.layer_densities(SHAPES, 0.9) == pytest.approx([0.1] * len(SHAPES))
+    # round((1 − s)·N): 256 blocks of 4x4 at 90% -> 25.6 -> 26; 16 blocks of 16x16 -> 2
+    assert sparsity.active_blocks((64, 64), 0.1, 4) == 26
+    assert sparsity.active_blocks((64, 64), 0.1, 16) == 2
+    assert sparsity.active_blocks((40, 50), 0.1, 1) == 200
+    assert sparsity.active_blocks((32, 16), 0.1, 16) == 1  # 0.2 -> at least one block
+    with pytest.raises(ValueError, match="block size 16 does not divide"):
+        sparsity.active_blocks((40, 64), 0.1, 16)
+
+
+@pytest.mark.parametrize("sparsity_level", [0.5, 0.9, 0.98])
+def test_erk_densities_meet_the_budget(sparsity_level: float) -> None:
+    densities = np.array(sparsity.layer_densities(SHAPES, sparsity_level, "erk"))
+    sizes = np.array([r * c for r, c in SHAPES], float)
+    raw = np.array([(r + c) / (r * c) for r, c in SHAPES])
+    assert np.all(densities > 0) and np.all(densities <= 1)
+    np.testing.assert_allclose(densities @ sizes, (1 - sparsity_level) * sizes.sum(), rtol=1e-12)
+    dense = densities == 1.0
+    eps = densities[~dense] / raw[~dense]
+    np.testing.assert_allclose(eps, eps[0], rtol=1e-12)  # the rest share one ERK scale
+    assert np.all(eps[0] * raw[dense] >= 1.0)  # dense ones are exactly those that overflow
+    assert (dense.any()) == (sparsity_level == 0.5)  # (8, 8) overflows at 50%, not at 90%
+    for block in (1, 4):
+        counts = [sparsity.active_blocks(s, d, block) for s, d in zip(SHAPES, densities)]
+        shares = densities * sizes / block**2
+        assert np.all(np.abs(np.array(counts) - shares) <= 1.0)  # one block per layer
+        assert abs(sum(counts) - shares.sum()) <= len(SHAPES)
+
+
+def test_erk_dense_at_zero_sparsity_and_errors() -> None:
+    assert sparsity.erk_densities(SHAPES, 0.0) == [1.0] * len(SHAPES)
+    with pytest.raises(ValueError, match="sparsity"):
+        sparsity.erk_densities(SHAPES, 1.0)
+    with pytest.raises(ValueError, match="distribution"):
+        sparsity.layer_densities(SHAPES, 0.9, "er")
+
+
+def test_initial_mask_is_random_exact_and_deterministic() -> None:
+    first = np.asarray(sparsity.initial_mask((16, 12), 37, seed=11))
+    assert first.dtype == np.bool_ and first.shape == (16, 12) and first.sum() == 37
+    np.testing.assert_array_equal(sparsity.initial_mask((16, 12), 37, seed=11), first)
+    assert not np.array_equal(sparsity.initial_mask((16, 12), 37, seed=12), first)
+    assert np.asarray(sparsity.initial_mask((4, 4), 16, seed=1)).all()
+    # roughly uniform: over many seeds every position is picked about 37/192 of the time
+    hits = np.sum(
+        [np.asarray(sparsity.initial_mask((16, 12), 37, seed=s), float) for s in range(200)], axis=0
+    )
+    assert 0.08 < hits.min() / 200 and hits.max() / 200 < 0.33

@@ -5,6 +5,8 @@ variables), calls these inside its compiled step, and applies what they return.
 
 - ``blocks``: a kernel's (fan-in, rest) matrix view, its block grid, block pooling and
   expansion.
+- ``schedule``: the drop fraction (constant / cosine), the drop count, the update steps.
+- ``distribution``: per-layer densities (uniform / ERK), block counts, the initial mask.
 - ``ranking``: exact k-selection with flat-index tie-breaking and random draws that are
   the same bits eagerly and under XLA, shared by the above.
 """
@@ -20,15 +22,43 @@ from .blocks import (
     matrix_shape,
     pool_blocks,
 )
+from .distribution import (
+    DISTRIBUTIONS,
+    active_blocks,
+    erk_densities,
+    initial_mask,
+    layer_densities,
+    uniform_densities,
+)
+from .schedule import (
+    SCHEDULES,
+    constant_drop_fraction,
+    cosine_drop_fraction,
+    drop_count,
+    drop_fraction,
+    is_update_step,
+)
 
 __all__ = [
+    "DISTRIBUTIONS",
     "POOLING_MODES",
+    "SCHEDULES",
+    "active_blocks",
     "as_matrix",
     "block_grid",
     "block_l1",
+    "constant_drop_fraction",
+    "cosine_drop_fraction",
+    "drop_count",
+    "drop_fraction",
+    "erk_densities",
     "expand_blocks",
     "from_matrix",
+    "initial_mask",
+    "is_update_step",
     "kernel_mask",
+    "layer_densities",
     "matrix_shape",
     "pool_blocks",
+    "uniform_densities",
 ]
