@@ -7,7 +7,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # pylint: disable=wrong-import-position
-from typing import Any
+from typing import Any, Callable, Optional
 
 import numpy as np
 import pytest
@@ -268,3 +268,254 @@ def test_initial_mask_is_random_exact_and_deterministic() -> None:
         [np.asarray(sparsity.initial_mask((16, 12), 37, seed=s), float) for s in range(200)], axis=0
     )
     assert 0.08 < hits.min() / 200 and hits.max() / 200 < 0.33
+
+
+# ---------------------------------------------------------------- update
+
+
+GRID = (6, 8)
+
+
+MODES = [pytest.param(False, id="eager"), pytest.param(True, id="xla")]
+
+
+def ref_rigl(
+    mask: np.ndarray, weight: np.ndarray, grad: np.ndarray, drop: int, exclude: str
+) -> dict[str, Any]:
+    active = mask != 0
+    k = int(np.clip(drop, 0, active.sum()))
+    if exclude == "dropped":
+        k = min(k, int((~active).sum()))
+    pruned = ref_select(weight, active, k, largest=False)
+    kept = active & ~pruned
+    allowed = ~active if exclude == "dropped" else ~kept
+    regrown = ref_select(grad, allowed, k, largest=True)
+    new = kept | regrown
+    return {
+        "mask": new,
+        "dropped": active & ~new,
+        "grown": new & ~active,
+        "pruned": pruned,
+        "regrown": regrown,
+        "count": k,
+    }
+
+
+def random_case(
+    rng: np.random.Generator, density: float = 0.4, dtype: Any = np.float32
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    mask = rng.random(GRID) < density
+    weight = np.abs(rng.standard_normal(GRID)).astype(np.float32)
+    grad = np.abs(rng.standard_normal(GRID)).astype(np.float32)
+    return mask.astype(dtype), weight * mask, grad
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_update(exclude: str, regrow: str) -> Callable[..., Any]:
+    def fn(mask: Any, weight: Any, grad: Any, drop: Any, seed: Any) -> sparsity.RigLUpdate:
+        return sparsity.rigl_update(
+            mask, weight, grad, drop, exclude=exclude, regrow=regrow, seed=seed
+        )
+
+    return tf.function(fn, jit_compile=True)
+
+
+def run_update(
+    mask: np.ndarray,
+    weight: np.ndarray,
+    grad: Optional[np.ndarray],
+    drop: int,
+    *,
+    exclude: str = "dropped",
+    regrow: str = "gradient",
+    seed: Optional[list[int]] = None,
+    jit: bool = False,
+) -> dict[str, np.ndarray]:
+    """One update, eagerly or through a cached XLA-compiled function, as numpy arrays."""
+    if jit:
+        out = compiled_update(exclude, regrow)(
+            tf.constant(mask),
+            tf.constant(weight),
+            tf.constant(np.zeros(GRID, np.float32) if grad is None else grad),
+            tf.constant(drop),
+            tf.constant([0, 0] if seed is None else seed, tf.int64),
+        )
+    else:
+        out = sparsity.rigl_update(
+            mask, weight, grad, drop, exclude=exclude, regrow=regrow, seed=seed
+        )
+    return {name: np.asarray(value) for name, value in out._asdict().items()}
+
+
+@pytest.mark.parametrize("jit", MODES)
+@pytest.mark.parametrize("exclude", ["dropped", "kept"])
+@pytest.mark.parametrize("dtype", [np.bool_, np.float32])
+def test_update_matches_reference(jit: bool, exclude: str, dtype: Any) -> None:
+    rng = np.random.default_rng(1)
+    for drop in (0, 1, 3, 7, 100):
+        mask, weight, grad = random_case(rng, dtype=dtype)
+        out = run_update(mask, weight, grad, drop, exclude=exclude, jit=jit)
+        ref = ref_rigl(mask, weight, grad, drop, exclude)
+        assert out["mask"].dtype == mask.dtype
+        for name in ("dropped", "grown", "pruned", "regrown"):
+            np.testing.assert_array_equal(out[name], ref[name], err_msg=f"{name} drop={drop}")
+        np.testing.assert_array_equal(out["mask"] != 0, ref["mask"])
+        assert out["count"] == ref["count"]
+        assert (out["mask"] != 0).sum() == (mask != 0).sum()
+        assert out["dropped"].sum() == out["grown"].sum()
+
+
+@pytest.mark.parametrize("jit", MODES)
+def test_repeated_updates_keep_the_active_count(jit: bool) -> None:
+    rng = np.random.default_rng(2)
+    mask = np.asarray(sparsity.initial_mask(GRID, 13, seed=3))
+    for step in range(6):
+        weight = np.abs(rng.standard_normal(GRID)).astype(np.float32) * mask
+        grad = np.abs(rng.standard_normal(GRID)).astype(np.float32)
+        exclude = ("dropped", "kept")[step % 2]
+        out = run_update(mask, weight, grad, 4, exclude=exclude, jit=jit)
+        ref = ref_rigl(mask, weight, grad, 4, exclude)
+        np.testing.assert_array_equal(out["mask"], ref["mask"])
+        assert out["mask"].sum() == 13
+        mask = out["mask"]
+
+
+@pytest.mark.parametrize("jit", MODES)
+def test_exclusion_rules_differ_when_the_dropped_block_has_the_largest_gradient(jit: bool) -> None:
+    mask = np.zeros(GRID, bool)
+    mask[0, :4] = True  # active: (0,0) .. (0,3)
+    weight = np.where(mask, 1.0, 0.0).astype(np.float32)
+    weight[0, 2] = 0.01  # the weakest block: pruned by both rules
+    grad = np.full(GRID, 0.1, np.float32)
+    grad[0, 2] = 9.0  # ... and the one with the largest gradient
+    grad[3, 5] = 5.0  # the best position that was empty before pruning
+    graphcore = run_update(mask, weight, grad, 1, exclude="dropped", jit=jit)
+    google = run_update(mask, weight, grad, 1, exclude="kept", jit=jit)
+    assert graphcore["pruned"][0, 2] and google["pruned"][0, 2]
+    # Graphcore: (0,2) cannot come straight back; the best empty block grows instead.
+    assert graphcore["regrown"][3, 5] and graphcore["regrown"].sum() == 1
+    assert graphcore["dropped"][0, 2] and graphcore["grown"][3, 5]
+    # Google: (0,2) returns at once, so the net pattern (and its weight) is unchanged.
+    assert google["regrown"][0, 2] and google["regrown"].sum() == 1
+    np.testing.assert_array_equal(google["mask"], mask)
+    assert not google["dropped"].any() and not google["grown"].any()
+    assert graphcore["mask"].sum() == google["mask"].sum() == 4
+
+
+@pytest.mark.parametrize("jit", MODES)
+def test_ties_break_by_flat_index(jit: bool) -> None:
+    mask = np.zeros(GRID, bool)
+    mask[1, 1] = mask[2, 0] = mask[4, 7] = mask[0, 5] = True
+    weight = np.where(mask, 2.0, 0.0).astype(np.float32)  # all active blocks tie
+    grad = np.ones(GRID, np.float32)  # all positions tie
+    out = run_update(mask, weight, grad, 2, exclude="dropped", jit=jit)
+    expect_pruned = np.zeros(GRID, bool)
+    expect_pruned[0, 5] = expect_pruned[1, 1] = True  # lowest flat indices 5 and 9
+    np.testing.assert_array_equal(out["pruned"], expect_pruned)
+    expect_grown = np.zeros(GRID, bool)
+    expect_grown[0, 0] = expect_grown[0, 1] = True  # lowest empty positions
+    np.testing.assert_array_equal(out["regrown"], expect_grown)
+
+
+@pytest.mark.parametrize("jit", MODES)
+def test_capacity_limits_the_swap_under_graphcores_rule(jit: bool) -> None:
+    mask = np.ones(GRID, bool)
+    mask[5, 6] = mask[5, 7] = False  # only two empty positions
+    rng = np.random.default_rng(4)
+    weight = np.abs(rng.standard_normal(GRID)).astype(np.float32) * mask
+    grad = np.abs(rng.standard_normal(GRID)).astype(np.float32)
+    graphcore = run_update(mask, weight, grad, 5, exclude="dropped", jit=jit)
+    google = run_update(mask, weight, grad, 5, exclude="kept", jit=jit)
+    assert graphcore["count"] == 2 and graphcore["pruned"].sum() == 2
+    assert graphcore["grown"][5, 6] and graphcore["grown"][5, 7]
+    assert google["count"] == 5 and google["regrown"].sum() == 5
+    for out in (graphcore, google):
+        assert out["mask"].sum() == mask.sum()
+
+
+@pytest.mark.parametrize("exclude", ["dropped", "kept"])
+def test_random_regrow_is_allowed_only_and_deterministic_per_seed(exclude: str) -> None:
+    rng = np.random.default_rng(5)
+    mask, weight, _ = random_case(rng, dtype=np.bool_)
+    runs = {
+        (seed, jit): run_update(
+            mask,
+            weight,
+            None,
+            6,
+            exclude=exclude,
+            regrow="random",
+            seed=[seed, 7],
+            jit=jit,
+        )
+        for seed in (1, 2)
+        for jit in (False, True)
+    }
+    for out in runs.values():
+        kept = (mask != 0) & ~out["pruned"]
+        allowed = (mask == 0) if exclude == "dropped" else ~kept
+        assert out["regrown"].sum() == 6 and not (out["regrown"] & ~allowed).any()
+        np.testing.assert_array_equal(out["pruned"], ref_select(weight, mask != 0, 6, False))
+        assert out["mask"].sum() == mask.sum()
+    again = run_update(mask, weight, None, 6, exclude=exclude, regrow="random", seed=[1, 7])
+    np.testing.assert_array_equal(again["mask"], runs[(1, False)]["mask"])
+    np.testing.assert_array_equal(runs[(1, True)]["mask"], runs[(1, False)]["mask"])
+    assert not np.array_equal(runs[(1, False)]["regrown"], runs[(2, False)]["regrown"])
+
+
+@pytest.mark.parametrize("jit", MODES)
+def test_zero_drop_fraction_leaves_the_mask_bit_for_bit(jit: bool) -> None:
+    rng = np.random.default_rng(6)
+    mask, weight, grad = random_case(rng, dtype=np.float32)
+    count = int(
+        sparsity.drop_count(
+            sparsity.drop_fraction(500, schedule="cosine", alpha=0.3, end_step=500), mask.sum()
+        )
+    )
+    assert count == 0
+    for exclude in ("dropped", "kept"):
+        out = run_update(mask, weight, grad, count, exclude=exclude, jit=jit)
+        assert out["mask"].tobytes() == mask.tobytes()
+        assert not out["dropped"].any() and not out["grown"].any() and out["count"] == 0
+
+
+@pytest.mark.parametrize("pooling", sparsity.POOLING_MODES)
+def test_block_update_of_a_kernel_regrows_the_top_pooled_gradient(pooling: str) -> None:
+    # A Conv1D-like kernel (k, in, out) = (4, 8, 64): matrix view (32, 64), 8x8 blocks (4, 8).
+    shape, block = (4, 8, 64), 8
+    grid = sparsity.block_grid(sparsity.matrix_shape(shape, 2), block)
+    active = sparsity.active_blocks(sparsity.matrix_shape(shape, 2), 0.25, block)
+    mask = np.asarray(sparsity.initial_mask(grid, active, seed=21))
+    rng = np.random.default_rng(22)
+    kernel_mask = np.asarray(sparsity.kernel_mask(mask, block, shape, fan_in_dims=2))
+    kernel = rng.standard_normal(shape).astype(np.float32) * kernel_mask
+    grad = rng.standard_normal(shape).astype(np.float32)
+
+    @tf.function(jit_compile=True)
+    def step(kernel: tf.Tensor, grad: tf.Tensor, mask: tf.Tensor) -> sparsity.RigLUpdate:
+        weight_score = sparsity.block_l1(sparsity.as_matrix(kernel, 2), block)  # (4, 8)
+        grad_score = sparsity.pool_blocks(sparsity.as_matrix(grad, 2), block, pooling)
+        count = sparsity.drop_count(0.3, tf.reduce_sum(tf.cast(mask, tf.int32)))
+        return sparsity.rigl_update(mask, weight_score, grad_score, count)
+
+    out = step(tf.constant(kernel), tf.constant(grad), tf.constant(mask))
+    weight_ref = ref_pool(kernel.reshape(32, 64), block, "sum")
+    grad_ref = ref_pool(grad.reshape(32, 64), block, pooling)
+    ref = ref_rigl(mask, weight_ref, grad_ref, round(0.3 * active), "dropped")
+    assert active == 8 and int(out.count) == 2
+    np.testing.assert_array_equal(out.pruned, ref["pruned"])
+    np.testing.assert_array_equal(out.regrown, ref["regrown"])
+    np.testing.assert_array_equal(out.mask, ref["mask"])
+
+
+def test_update_rejects_bad_arguments() -> None:
+    mask = np.ones(GRID, bool)
+    score = np.ones(GRID, np.float32)
+    with pytest.raises(ValueError, match="exclude"):
+        sparsity.rigl_update(mask, score, score, 1, exclude="new")
+    with pytest.raises(ValueError, match="regrow"):
+        sparsity.rigl_update(mask, score, score, 1, regrow="magnitude")
+    with pytest.raises(ValueError, match="grad_score has shape"):
+        sparsity.rigl_update(mask, score, np.ones((6, 4), np.float32), 1)
+    with pytest.raises(ValueError, match="seed"):
+        sparsity.rigl_update(mask, score, None, 1, regrow="random")

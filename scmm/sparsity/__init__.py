@@ -5,6 +5,8 @@ variables), calls these inside its compiled step, and applies what they return.
 
 - ``blocks``: a kernel's (fan-in, rest) matrix view, its block grid, block pooling and
   expansion.
+- ``update``: one prune-and-regrow step on a block mask (RigL by gradient, SET at random;
+  Graphcore's or Google's exclusion rule).
 - ``schedule``: the drop fraction (constant / cosine), the drop count, the update steps.
 - ``distribution``: per-layer densities (uniform / ERK), block counts, the initial mask.
 - ``ranking``: exact k-selection with flat-index tie-breaking and random draws that are
@@ -38,11 +40,15 @@ from .schedule import (
     drop_fraction,
     is_update_step,
 )
+from .update import EXCLUDE_RULES, REGROW_METHODS, RigLUpdate, rigl_update
 
 __all__ = [
     "DISTRIBUTIONS",
+    "EXCLUDE_RULES",
     "POOLING_MODES",
+    "REGROW_METHODS",
     "SCHEDULES",
+    "RigLUpdate",
     "active_blocks",
     "as_matrix",
     "block_grid",
@@ -60,5 +66,6 @@ __all__ = [
     "layer_densities",
     "matrix_shape",
     "pool_blocks",
+    "rigl_update",
     "uniform_densities",
 ]
