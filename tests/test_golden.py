@@ -140,6 +140,16 @@ def migrate_search(search: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]
     return None if search is None else {"mode": "search", **search}
 
 
+def _sparsity_defaults() -> dict[str, Any]:
+    import dataclasses  # pylint: disable=import-outside-toplevel
+
+    from scmm.training.sparsity_settings import (  # pylint: disable=import-outside-toplevel
+        SparsitySettings,
+    )
+
+    return dataclasses.asdict(SparsitySettings())
+
+
 def migrate_full(tree: dict[str, Any]) -> dict[str, Any]:
     """An old full tree in today's spelling, with the new nodes' defaults filled in."""
     new = migrate(tree)
@@ -152,6 +162,8 @@ def migrate_full(tree: dict[str, Any]) -> dict[str, Any]:
     # Added after the golden file: gradient accumulation (off: one micro-batch per step).
     new["training"].setdefault("accumulation_steps", 1)
     new["training"].setdefault("accumulation_mode", "mean")
+    # Added after the golden file: sparse training (off at sparsity 0).
+    new["training"].setdefault("sparsity", _sparsity_defaults())
     # Added after the golden file: the LR schedule (exponential: learning_rate_decay, as before).
     new["training"]["optimiser"].setdefault("schedule", {"type": "exponential"})
     if "precision" in new["model"]:

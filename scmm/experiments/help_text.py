@@ -16,6 +16,7 @@ import ast
 import dataclasses
 import functools
 import inspect
+import json
 import math
 import textwrap
 import typing
@@ -23,6 +24,7 @@ from types import NoneType
 from typing import Any, Literal, Union
 
 import draccus
+import yaml
 from draccus.utils import is_choice_type
 
 from .settings import ExperimentSettings
@@ -86,6 +88,14 @@ def type_name(hint: Any) -> str:
     return _SIMPLE_TYPES.get(hint, getattr(hint, "__name__", str(hint)))
 
 
+def _reads_back(text: str) -> bool:
+    """Whether YAML reads ``text`` back as itself (a leading ``*`` is an alias: quote it)."""
+    try:
+        return bool(yaml.safe_load(text) == text)
+    except yaml.YAMLError:
+        return False
+
+
 def show_value(value: Any) -> str:
     """A default as one would type it (YAML: null, true, [a, b]); powers of two also as 2^k."""
     if value is None:
@@ -93,7 +103,7 @@ def show_value(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, str):
-        return value or '""'
+        return value if value and _reads_back(value) else json.dumps(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(show_value(v) for v in value) + "]"
     if isinstance(value, (int, float)) and value > 0 and math.isfinite(value):

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Literal, Optional, Sequence
 import draccus
 
 from ..precision_settings import WeightStorage
+from .sparsity_settings import SparsitySettings
 
 if TYPE_CHECKING:
     import keras
@@ -299,6 +300,8 @@ class TrainingSettings:
     accumulation_mode: Literal["mean", "sum"] = "mean"
     """mean: the combined gradient is the full-batch gradient (token-weighted over the parts);
     sum: accumulation_steps times it (Graphcore's Sum: the sum of the parts' mean gradients)."""
+    sparsity: SparsitySettings = dataclasses.field(default_factory=SparsitySettings)
+    """Sparse training: static, SET or RigL (off at sparsity 0)."""
     divergence_loss: Optional[float] = DEFAULT_DIVERGENCE_LOSS
     """A training loss above divergence_loss x ln(vocabulary size) ends the run as diverged,
     like a non-finite one. ln V is the loss of predicting every character uniformly, about
@@ -349,3 +352,4 @@ class TrainingSettings:
                 f" got {self.loss_scale_growth_interval}"
             )
         self.optimiser.validate()
+        self.sparsity.validate()

@@ -24,6 +24,8 @@ from ..ops.kernels import apply_gradient_factors
 from ..parameters import Parameter, ParameterTable
 from ..pedal import Execution
 from ..precision_settings import WeightStorage
+from ..sparsity.training import STATE_PREFIX as SPARSITY_STATE
+from ..sparsity.training import SparseTraining
 from .accumulation import accumulated_gradients, loss_reduction
 from .loss_scaling import LossScaler
 from .optimisers import Optimiser
@@ -124,6 +126,11 @@ class Trainer(Generic[ModelT]):
                 total_steps=settings.steps,
             )
             self.loss_scaler = LossScaler(settings)
+            self.sparse: Optional[SparseTraining] = None
+            if settings.sparsity.enabled:
+                self.sparse = SparseTraining(
+                    model, self.variables, parameters, settings.sparsity, settings.steps
+                )
         self._metric_names: Optional[tuple[str, ...]] = None
         self._train_loop = execution.compile(self._train_loop_fn)
         self._eval_step = execution.compile(self._eval_step_fn)
@@ -166,13 +173,22 @@ class Trainer(Generic[ModelT]):
             )
         grads, finite = scaler.unscale(grads)
         rate = self.optimiser.learning_rate(self.optimiser.step)
-        skipped = scaler.step(finite, lambda: self.optimiser.apply(grads))
+        skipped = scaler.step(finite, lambda: self._apply(grads))
         return {
             **outputs,
             "learning_rate": rate,
             "loss_scale": scale,
             "skipped": tf.cast(skipped, tf.float32),
         }
+
+    def _apply(self, grads: list[Any]) -> None:
+        """One optimiser update; under sparse training, of the masked gradients, then the
+        masks' own step (``scmm.sparsity.training``) on the dense ones."""
+        if self.sparse is None:
+            self.optimiser.apply(grads)
+            return
+        self.optimiser.apply(self.sparse.mask_gradients(grads))
+        self.sparse.after_step(self.optimiser.step, grads, self.optimiser.slots)
 
     def _train_loop_fn(self, tokens: tf.Tensor, mask: tf.Tensor) -> dict[str, tf.Tensor]:
         # tokens, mask: (k, sequences, sequence_length)
@@ -204,15 +220,23 @@ class Trainer(Generic[ModelT]):
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Optimiser state plus the dynamic loss scale (what a checkpoint must hold)."""
-        return {**self.optimiser.state_arrays(), **self.loss_scaler.state_arrays()}
+        sparse = self.sparse.state_arrays() if self.sparse is not None else {}
+        return {**self.optimiser.state_arrays(), **self.loss_scaler.state_arrays(), **sparse}
 
     def set_state_arrays(self, state: dict[str, np.ndarray]) -> None:
         """Restore from ``state_arrays()``."""
+        own = ("loss_scale/", SPARSITY_STATE)
         scaler_state = {k: v for k, v in state.items() if k.startswith("loss_scale/")}
-        self.optimiser.set_state_arrays(
-            {k: v for k, v in state.items() if not k.startswith("loss_scale/")}
-        )
+        sparse_state = {k: v for k, v in state.items() if k.startswith(SPARSITY_STATE)}
+        if sparse_state and self.sparse is None:
+            raise ValueError(
+                f"the state holds sparsity masks ({len(sparse_state)} arrays) but"
+                " training.sparsity.sparsity is 0"
+            )
+        self.optimiser.set_state_arrays({k: v for k, v in state.items() if not k.startswith(own)})
         self.loss_scaler.set_state_arrays(scaler_state)
+        if self.sparse is not None:
+            self.sparse.set_state_arrays(sparse_state)
 
     def _discover_metrics(self, tokens: tf.Tensor, mask: tf.Tensor) -> tuple[str, ...]:
         """The model's scalar outputs (traced once, not run) plus the trainer's own."""
