@@ -114,7 +114,7 @@ def test_golden_covers_every_case(golden: dict[str, Any]) -> None:
 
 
 # Sweep presets added after the golden file was recorded (no refactor to check them against).
-ADDED_SWEEPS = ("umup-depth-small", "umup-fp8-small", "umup-transfer-small")
+ADDED_SWEEPS = ("rigl-small", "umup-depth-small", "umup-fp8-small", "umup-transfer-small")
 
 
 def test_sweep_expansions_are_unchanged(golden: dict[str, Any]) -> None:

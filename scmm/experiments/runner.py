@@ -273,6 +273,9 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
 
     def _finish(self, status: str, error: Optional[str] = None) -> dict[str, Any]:
         summary = self._summary(status)
+        if self.trainer.sparse is not None:
+            # Per sparse kernel: density, active blocks, fraction of blocks ever active.
+            summary["sparsity"] = self.trainer.sparse.summary()
         if error:
             summary["error"] = error
         assert self.tracker is not None

@@ -54,6 +54,11 @@
   other work loaded the CPU (load average 3.5-5 on 2 cores): 281-426 s and 332-615 s, XLA
   compilation alone 72-244 s. Scaled by depth from the idle depth-2 trial (47 s), an estimated
   ~90 and ~170 s idle: 12 x ~310 s / 2 workers ~ 31 minutes plus the tail, ~35 (an estimate).
+- ``rigl-small``: sparse training (issue 16) on paper-table-small's reduced attention model
+  (hidden 64, depth 2, 2 heads x 32, 400 steps, FP32): dense, static sparse, SET and RigL at
+  90% sparsity of the hidden weights, element (block 1) and block-16 sparsity, regular and
+  unit-scaled at their dense best LRs (2^-7, 2^-4), 3 repeats, 42 trials. RigL/SET update
+  every 20 steps (14 updates before T = 300, the drop fraction 0.3 on a cosine).
 - ``smoke``: two tiny configurations and a two-point LR search, for tests.
 """
 
@@ -298,6 +303,44 @@ SWEEPS: dict[str, dict[str, Any]] = {
         "lr_search": {"mode": "grid", "factor": 2.0},
         "table_rows": ["depth"],
         "transfer_axis": "depth",
+    },
+    "rigl-small": {
+        "description": (
+            "Sparse training at 90% on paper-table-small's attention model: dense, static sparse,"
+            " SET and RigL, element (block 1) and block-16 sparsity, regular and unit-scaled,"
+            " each at its dense model's best LR, 3 repeats."
+        ),
+        "base": "paper-attention",
+        "overrides": {
+            **_SMALL_OVERRIDES,
+            "model.sequence.head_size": 32,
+            # 400 steps: ΔT 20 gives 14 updates before T = 0.75 x 400 (the RigL paper's T_end).
+            "training.sparsity.update_interval": 20,
+        },
+        "axes": {
+            "method": {
+                "dense": {},
+                "static": {
+                    "training.sparsity.sparsity": 0.9,
+                    "training.sparsity.update_interval": None,
+                },
+                "set": {"training.sparsity.sparsity": 0.9, "training.sparsity.regrow": "random"},
+                "rigl": {"training.sparsity.sparsity": 0.9},
+            },
+            "block": {
+                "1": {"training.sparsity.block_size": 1},
+                "16": {"training.sparsity.block_size": 16},
+            },
+            "variant": {
+                # paper-table-small's best dense LRs for the reduced attention model.
+                "regular": {"model.scaling.type": "regular", "lr_search.start": 2**-7},
+                "unit": {"model.scaling.type": "unit", "lr_search.start": 2**-4},
+            },
+        },
+        "filters": [{"method": "dense", "block": "16"}],  # dense has no blocks
+        "repeats": 3,
+        "lr_search": {"mode": "grid", "factor": 2.0, "max_points": 1},
+        "table_rows": ["method", "block"],
     },
     "umup-fp8-small": {
         "description": (
