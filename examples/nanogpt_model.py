@@ -25,14 +25,21 @@ def build_gpt(
     """tokens (batch, sequence) int32 -> logits (batch, sequence, vocab)."""
     if width % heads:
         raise ValueError(f"width {width} is not a multiple of heads {heads}")
-    init = keras.initializers.RandomNormal(stddev=0.02, seed=seed)
-    projection_init = keras.initializers.RandomNormal(
-        stddev=0.02 / math.sqrt(2 * depth), seed=seed + 1
-    )
+    # A fresh initialiser per layer, its seed drawn from the global generator seeded once
+    # here: a Keras initialiser returns the same values at every call, so one shared object
+    # gave every block the same kernels at init (the first demo results had that).
+    keras.utils.set_random_seed(seed)
+
+    def init() -> keras.initializers.Initializer:
+        return keras.initializers.RandomNormal(stddev=0.02)
+
+    def projection_init() -> keras.initializers.Initializer:
+        return keras.initializers.RandomNormal(stddev=0.02 / math.sqrt(2 * depth))
+
     tokens = keras.Input(shape=(sequence,), batch_size=batch, dtype="int32", name="tokens")
     positions = ops.cumsum(ops.ones_like(tokens), axis=1) - 1  # (batch, sequence)
-    x = keras.layers.Embedding(vocab, width, embeddings_initializer=init, name="wte")(tokens)
-    x = x + keras.layers.Embedding(sequence, width, embeddings_initializer=init, name="wpe")(
+    x = keras.layers.Embedding(vocab, width, embeddings_initializer=init(), name="wte")(tokens)
+    x = x + keras.layers.Embedding(sequence, width, embeddings_initializer=init(), name="wpe")(
         positions
     )  # (batch, sequence, width)
     for block in range(depth):
@@ -40,18 +47,18 @@ def build_gpt(
         h = keras.layers.MultiHeadAttention(
             heads,
             width // heads,
-            kernel_initializer=init,
+            kernel_initializer=init(),
             name=f"block{block}_attn",
         )(h, h, use_causal_mask=True)
         x = x + h
         h = keras.layers.LayerNormalization(epsilon=1e-5, name=f"block{block}_ln2")(x)
         h = keras.layers.Dense(
-            4 * width, activation="gelu", kernel_initializer=init, name=f"block{block}_fc"
+            4 * width, activation="gelu", kernel_initializer=init(), name=f"block{block}_fc"
         )(h)
         h = keras.layers.Dense(
-            width, kernel_initializer=projection_init, name=f"block{block}_proj"
+            width, kernel_initializer=projection_init(), name=f"block{block}_proj"
         )(h)
         x = x + h
     x = keras.layers.LayerNormalization(epsilon=1e-5, name="ln_f")(x)
-    logits = keras.layers.Dense(vocab, kernel_initializer=init, name="lm_head")(x)
+    logits = keras.layers.Dense(vocab, kernel_initializer=init(), name="lm_head")(x)
     return keras.Model(tokens, logits, name="nanogpt")
