@@ -149,6 +149,8 @@ def migrate_full(tree: dict[str, Any]) -> dict[str, Any]:
     # Added after the golden file: the loss-explosion limit (changes no numbers of these runs).
     new["training"].setdefault("divergence_loss", 10.0)
     new["training"].setdefault("weight_decay_mode", "coupled")  # coupled is today's rule
+    # Added after the golden file: gradient clipping (none, as every golden run trained).
+    new["training"].setdefault("clipping", {"mode": "none", "threshold": 1.0})
     if "precision" in new["model"]:
         # Added after the golden file: the rounding mode (nearest, as every golden run rounded).
         new["model"]["precision"].setdefault("rounding", "nearest")

@@ -7,7 +7,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ..precision_settings import WeightStorage
-from .settings import AdamWSettings, OptimiserSettings, SGDMSettings, TrainingSettings
+from .settings import (
+    AdamWSettings,
+    ClippingSettings,
+    OptimiserSettings,
+    SGDMSettings,
+    TrainingSettings,
+)
 
 if TYPE_CHECKING:
     from .optimisers import AdamW, Optimiser, SGDM
@@ -27,6 +33,7 @@ _LAZY = {
 
 __all__ = [
     "AdamWSettings",
+    "ClippingSettings",
     "OptimiserSettings",
     "SGDMSettings",
     "TrainingSettings",
