@@ -1,4 +1,5 @@
-"""Training: optimisers, weight rounding, compiled multi-step training and evaluation.
+"""Training: optimisers, gradient clipping, weight rounding, compiled multi-step training and
+evaluation.
 
 Settings import without TensorFlow; everything else loads it on first use.
 """
@@ -17,6 +18,7 @@ from .settings import (
 
 if TYPE_CHECKING:
     from .optimisers import AdamW, Optimiser, SGDM
+    from .clipping import clip_gradients
     from .rounding import stochastic_round
     from .trainer import LanguageModel, NonFiniteError, Trainer, bits_per_character
 
@@ -24,6 +26,7 @@ _LAZY = {
     "AdamW": "optimisers",
     "Optimiser": "optimisers",
     "SGDM": "optimisers",
+    "clip_gradients": "clipping",
     "stochastic_round": "rounding",
     "LanguageModel": "trainer",
     "NonFiniteError": "trainer",
