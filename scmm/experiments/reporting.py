@@ -20,7 +20,7 @@ from ..training.settings import OptimiserSettings
 from .settings import ExperimentSettings, to_dict
 
 # Per-step arrays the trainer returns that are summarised specially (not "last value").
-_SPECIAL = ("loss", "n_tokens", "learning_rate", "loss_scale", "skipped")
+_SPECIAL = ("loss", "n_tokens", "learning_rate", "loss_scale", "skipped", "clipped_fraction")
 
 
 @dataclasses.dataclass
@@ -41,7 +41,10 @@ def chunk_metrics(results: Mapping[str, np.ndarray], elapsed: float) -> dict[str
     """The ``train_step`` record of one compiled chunk from its per-step arrays.
 
     Mean and last loss, the learning rate and loss scale at the last step, skipped steps,
-    tokens and throughput, and the last value of every other scalar the model returned.
+    tokens and throughput, the pre-clip gradient norm at the last step (``grad_norm``) and its
+    largest in the chunk (``grad_norm_max``), the mean fraction of gradient tensors clipped
+    (``clipped_fraction``, per-tensor clipping only), and the last value of every other scalar
+    the model returned.
     """
     tokens = float(np.sum(results["n_tokens"]))
     mean_loss = float(np.mean(results["loss"]))
@@ -56,6 +59,10 @@ def chunk_metrics(results: Mapping[str, np.ndarray], elapsed: float) -> dict[str
     for name, values in results.items():
         if name not in _SPECIAL:
             metrics[name] = float(values[-1])
+    if "grad_norm" in results:
+        metrics["grad_norm_max"] = float(np.max(results["grad_norm"]))
+    if "clipped_fraction" in results:
+        metrics["clipped_fraction"] = float(np.mean(results["clipped_fraction"]))
     metrics.update(
         loss_scale=float(results["loss_scale"][-1]),
         skipped_steps=int(np.sum(results["skipped"])),

@@ -24,12 +24,15 @@ from ..ops.kernels import apply_gradient_factors
 from ..parameters import Parameter, ParameterTable
 from ..pedal import Execution
 from ..precision_settings import WeightStorage
+from .clipping import CLIPPING_METRICS, clip_gradients, metric_names
 from .loss_scaling import LossScaler
 from .optimisers import Optimiser
 from .settings import TrainingSettings
 
-# Recorded by the trainer itself, beside whatever scalars the model returns.
-TRAINER_METRICS = ("learning_rate", "loss_scale", "skipped")
+# Recorded by the trainer itself, beside whatever scalars the model returns: these, and those
+# clipping metrics that training.clipping.mode gives (scmm/training/clipping.py).
+STEP_METRICS = ("learning_rate", "loss_scale", "skipped")
+TRAINER_METRICS = (*STEP_METRICS, *CLIPPING_METRICS)
 
 
 class LanguageModel(Protocol):
@@ -146,6 +149,9 @@ class Trainer(Generic[ModelT]):
             self.parameters.gradient_factors(),
         )
         grads, finite = scaler.unscale(grads)
+        # Gradient clipping (scmm/training/clipping.py): on the unscaled, factored gradients,
+        # after the finiteness check above; its metrics (grad_norm, ...) join the outputs.
+        grads, clip_metrics = clip_gradients(grads, self.settings.clipping)
         rate = self.optimiser.learning_rate(self.optimiser.step)
         skipped = scaler.step(finite, lambda: self.optimiser.apply(grads))
         return {
@@ -153,6 +159,7 @@ class Trainer(Generic[ModelT]):
             "learning_rate": rate,
             "loss_scale": scale,
             "skipped": tf.cast(skipped, tf.float32),
+            **clip_metrics,
         }
 
     def _train_loop_fn(self, tokens: tf.Tensor, mask: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -205,7 +212,7 @@ class Trainer(Generic[ModelT]):
         clash = set(outputs) & set(TRAINER_METRICS)
         if clash:
             raise ValueError(f"model outputs {sorted(clash)} clash with the trainer's metrics")
-        return (*outputs, *TRAINER_METRICS)
+        return (*outputs, *STEP_METRICS, *metric_names(self.settings.clipping))
 
     def train(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run len(batch["tokens"]) steps; returns per-step metrics (numpy, length k).
