@@ -166,6 +166,8 @@ def migrate_full(tree: dict[str, Any]) -> dict[str, Any]:
     new["training"].setdefault("sparsity", _sparsity_defaults())
     # Added after the golden file: the LR schedule (exponential: learning_rate_decay, as before).
     new["training"]["optimiser"].setdefault("schedule", {"type": "exponential"})
+    # Added after the golden file: gradient clipping (none, as every golden run trained).
+    new["training"].setdefault("clipping", {"mode": "none", "threshold": 1.0})
     if "precision" in new["model"]:
         # Added after the golden file: the rounding mode (nearest, as every golden run rounded).
         new["model"]["precision"].setdefault("rounding", "nearest")

@@ -29,6 +29,7 @@ _SPECIAL = (
     "xentropy",
     "perplexity",
     "accuracy",
+    "clipped_fraction",
 )
 # Evaluation metrics copied to summary.json per split (when the model returns them).
 SPLIT_METRICS = ("loss", "bpc", "xentropy", "perplexity", "accuracy")
@@ -52,7 +53,10 @@ def chunk_metrics(results: Mapping[str, np.ndarray], elapsed: float) -> dict[str
     """The ``train_step`` record of one compiled chunk from its per-step arrays.
 
     Mean and last loss, the learning rate and loss scale at the last step, skipped steps,
-    tokens and throughput, and the last value of every other scalar the model returned. When
+    tokens and throughput, the pre-clip gradient norm at the last step (``grad_norm``) and its
+    largest in the chunk (``grad_norm_max``), the mean fraction of gradient tensors clipped
+    (``clipped_fraction``, per-tensor clipping only), and the last value of every other scalar
+    the model returned. When
     the model returns them, ``xentropy`` and ``accuracy`` are means over the chunk's steps
     (equal-sized batches), ``perplexity`` is exp of that mean xentropy and BPC is of it (not
     of a weighted loss).
@@ -79,6 +83,10 @@ def chunk_metrics(results: Mapping[str, np.ndarray], elapsed: float) -> dict[str
     for name, values in results.items():
         if name not in _SPECIAL:
             metrics[name] = float(values[-1])
+    if "grad_norm" in results:
+        metrics["grad_norm_max"] = float(np.max(results["grad_norm"]))
+    if "clipped_fraction" in results:
+        metrics["clipped_fraction"] = float(np.mean(results["clipped_fraction"]))
     metrics.update(
         loss_scale=float(results["loss_scale"][-1]),
         skipped_steps=int(np.sum(results["skipped"])),

@@ -1,4 +1,5 @@
-"""Training: optimisers, weight rounding, compiled multi-step training and evaluation.
+"""Training: optimisers, gradient clipping, weight rounding, compiled multi-step training and
+evaluation.
 
 Settings import without TensorFlow; everything else loads it on first use.
 """
@@ -7,10 +8,17 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ..precision_settings import WeightStorage
-from .settings import AdamWSettings, OptimiserSettings, SGDMSettings, TrainingSettings
+from .settings import (
+    AdamWSettings,
+    ClippingSettings,
+    OptimiserSettings,
+    SGDMSettings,
+    TrainingSettings,
+)
 
 if TYPE_CHECKING:
     from .optimisers import AdamW, Optimiser, SGDM
+    from .clipping import clip_gradients
     from .rounding import stochastic_round
     from .trainer import LanguageModel, NonFiniteError, Trainer, bits_per_character
 
@@ -18,6 +26,7 @@ _LAZY = {
     "AdamW": "optimisers",
     "Optimiser": "optimisers",
     "SGDM": "optimisers",
+    "clip_gradients": "clipping",
     "stochastic_round": "rounding",
     "LanguageModel": "trainer",
     "NonFiniteError": "trainer",
@@ -27,6 +36,7 @@ _LAZY = {
 
 __all__ = [
     "AdamWSettings",
+    "ClippingSettings",
     "OptimiserSettings",
     "SGDMSettings",
     "TrainingSettings",

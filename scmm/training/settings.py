@@ -1,8 +1,9 @@
-"""Training settings: batch, steps, optimiser and its learning-rate schedule, loss scale."""
+"""Training settings: batch, steps, optimiser and its learning-rate schedule, gradient
+clipping, accumulation, sparsity, loss scale."""
 
 import dataclasses
 import math
-from typing import TYPE_CHECKING, Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Literal, Optional, Sequence, get_args
 
 import draccus
 
@@ -269,6 +270,42 @@ class SGDMSettings(OptimiserSettings):
         check_range("training.optimiser.momentum", self.momentum, 0, 1)
 
 
+ClippingMode = Literal["none", "global_norm", "norm", "rms"]
+CLIPPING_MODES: tuple[str, ...] = get_args(ClippingMode)
+
+
+@dataclasses.dataclass
+class ClippingSettings:
+    """Gradient clipping (scmm/training/clipping.py), applied to the true gradients: after the
+    loss scale is divided out and the gradient factors applied, and after the finiteness
+    check of dynamic loss scaling, just before the optimiser. Every step logs the global
+    gradient norm before clipping (``grad_norm``); the per-tensor modes also log the fraction
+    of gradient tensors they clipped (``clipped_fraction``)."""
+
+    mode: ClippingMode = "none"
+    """none: no clipping (the gradients reach the optimiser untouched); global_norm: scale
+    every gradient by min(1, threshold / global norm), as tf.clip_by_global_norm; norm: clip
+    each gradient tensor to L2 norm <= threshold, as tf.clip_by_norm; rms: clip each gradient
+    tensor to root-mean-square <= threshold (a norm limit of threshold x sqrt(size)), the
+    natural threshold for unit-scaled gradients, whose RMS is about 1 at init."""
+    threshold: float = 1.0
+    """The limit of the chosen mode: the global norm (global_norm), each tensor's L2 norm
+    (norm) or each tensor's RMS (rms); > 0. Ignored when mode is none."""
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first impossible value."""
+        if self.mode not in CLIPPING_MODES:
+            modes = ", ".join(repr(m) for m in CLIPPING_MODES)
+            raise ValueError(f"training.clipping.mode must be one of {modes}, got {self.mode!r}")
+        if self.mode == "none":
+            if not math.isfinite(self.threshold):
+                raise ValueError(
+                    f"training.clipping.threshold must be finite, got {self.threshold}"
+                )
+        else:
+            check_range("training.clipping.threshold", self.threshold, 0, low_open=True)
+
+
 @dataclasses.dataclass
 class TrainingSettings:
     """How the model is trained and evaluated."""
@@ -281,6 +318,8 @@ class TrainingSettings:
     """Steps between validations (and checkpoints)."""
     optimiser: OptimiserSettings = dataclasses.field(default_factory=AdamWSettings)
     """Optimiser: adamw or sgdm, each with its own fields."""
+    clipping: ClippingSettings = dataclasses.field(default_factory=ClippingSettings)
+    """Gradient clipping: mode (none | global_norm | norm | rms) and threshold."""
     loss_scale: float = 1.0
     """Loss scale: the loss is multiplied by it before backprop, gradients divided after
     (the initial scale when loss_scaling=dynamic)."""
@@ -351,5 +390,6 @@ class TrainingSettings:
                 "training.loss_scale_growth_interval must be >= 1,"
                 f" got {self.loss_scale_growth_interval}"
             )
+        self.clipping.validate()
         self.optimiser.validate()
         self.sparsity.validate()

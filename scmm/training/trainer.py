@@ -27,12 +27,15 @@ from ..precision_settings import WeightStorage
 from ..sparsity.training import STATE_PREFIX as SPARSITY_STATE
 from ..sparsity.training import SparseTraining
 from .accumulation import accumulated_gradients, loss_reduction
+from .clipping import CLIPPING_METRICS, clip_gradients, metric_names
 from .loss_scaling import LossScaler
 from .optimisers import Optimiser
 from .settings import TrainingSettings
 
-# Recorded by the trainer itself, beside whatever scalars the model returns.
-TRAINER_METRICS = ("learning_rate", "loss_scale", "skipped")
+# Recorded by the trainer itself, beside whatever scalars the model returns: these, and those
+# clipping metrics that training.clipping.mode gives (scmm/training/clipping.py).
+STEP_METRICS = ("learning_rate", "loss_scale", "skipped")
+TRAINER_METRICS = (*STEP_METRICS, *CLIPPING_METRICS)
 
 
 class LanguageModel(Protocol):
@@ -172,23 +175,31 @@ class Trainer(Generic[ModelT]):
                 self.settings.accumulation_mode,
             )
         grads, finite = scaler.unscale(grads)
+        # Sparse training: the update sees masked gradients; the masks' own update the dense
+        # ones (RigL regrows where the dense gradient is large).
+        dense = grads
+        if self.sparse is not None:
+            grads = self.sparse.mask_gradients(grads)
+        # Gradient clipping (scmm/training/clipping.py): on the unscaled, factored (and masked)
+        # gradients, after the finiteness check above; its metrics (grad_norm, ...) join the
+        # outputs.
+        grads, clip_metrics = clip_gradients(grads, self.settings.clipping)
         rate = self.optimiser.learning_rate(self.optimiser.step)
-        skipped = scaler.step(finite, lambda: self._apply(grads))
+        skipped = scaler.step(finite, lambda: self._apply(grads, dense))
         return {
             **outputs,
             "learning_rate": rate,
             "loss_scale": scale,
             "skipped": tf.cast(skipped, tf.float32),
+            **clip_metrics,
         }
 
-    def _apply(self, grads: list[Any]) -> None:
-        """One optimiser update; under sparse training, of the masked gradients, then the
-        masks' own step (``scmm.sparsity.training``) on the dense ones."""
-        if self.sparse is None:
-            self.optimiser.apply(grads)
-            return
-        self.optimiser.apply(self.sparse.mask_gradients(grads))
-        self.sparse.after_step(self.optimiser.step, grads, self.optimiser.slots)
+    def _apply(self, grads: list[Any], dense: list[Any]) -> None:
+        """One optimiser update from ``grads``; under sparse training then the masks' own step
+        (``scmm.sparsity.training``) from the ``dense`` gradients."""
+        self.optimiser.apply(grads)
+        if self.sparse is not None:
+            self.sparse.after_step(self.optimiser.step, dense, self.optimiser.slots)
 
     def _train_loop_fn(self, tokens: tf.Tensor, mask: tf.Tensor) -> dict[str, tf.Tensor]:
         # tokens, mask: (k, sequences, sequence_length)
@@ -253,7 +264,7 @@ class Trainer(Generic[ModelT]):
         clash = set(outputs) & set(TRAINER_METRICS)
         if clash:
             raise ValueError(f"model outputs {sorted(clash)} clash with the trainer's metrics")
-        return (*outputs, *TRAINER_METRICS)
+        return (*outputs, *STEP_METRICS, *metric_names(self.settings.clipping))
 
     def train(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run len(batch["tokens"]) steps; returns per-step metrics (numpy, length k).
