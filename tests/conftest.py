@@ -9,7 +9,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from typing import Any, Optional
 
 import numpy as np
+import pytest
 import tensorflow as tf
+from tensorflow.python.framework import config as tf_config  # pylint: disable=no-name-in-module
 
 from scmm.models import (
     AttentionSettings,
@@ -23,6 +25,22 @@ from scmm.models import (
 from scmm.pedal import Execution, ExecutionSettings
 from scmm.precision_settings import WeightStorage
 from scmm.schemes import UnitScalingSettings
+
+
+@pytest.fixture(autouse=True)
+def undo_op_determinism() -> Any:
+    """Each test starts with TensorFlow's op determinism off, whatever ran before it.
+
+    pedal.Execution turns determinism on for the whole process (TensorFlow has no scoped
+    form), and under it a random op with no seed anywhere is refused. Without this, a test of
+    unseeded randomness passes or fails by which tests ran earlier in the same process (as
+    under pytest-xdist, whose workers each run a different share of the suite). The public
+    API has no way back, hence the internal ``disable_op_determinism``.
+    """
+    yield
+    if tf_config.is_op_determinism_enabled():
+        tf_config.disable_op_determinism()
+
 
 KINDS = ("attention", "conv", "rnn")
 VOCAB = 16
