@@ -332,7 +332,8 @@ def _shared_start(dtype: str) -> dict[str, np.ndarray]:
     return {k: as_float64(tf.cast(tf.cast(v, dtype), tf.float32)) for k, v in arrays.items()}
 
 
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+# bfloat16 storage takes the same code path as float16 and is 3x slower under XLA on CPU.
+@pytest.mark.parametrize("dtype", ["float16", pytest.param("bfloat16", marks=pytest.mark.slow)])
 def test_weight_storage_modes_in_training(dtype: str) -> None:
     """One Adam step of a 16-bit model in each storage mode, from identical weights.
 
@@ -398,7 +399,11 @@ FIT_THRESHOLD = 0.05  # nats per character, on characters determined by the prev
 
 
 FIT_CASES: list[Any] = [
-    *((kind, norm, "float32", "master") for kind, norm in MODEL_VARIANTS),
+    # Float32 fits of every kind; post-norm attention (same layers, other order) under --slow.
+    *(
+        pytest.param(kind, norm, "float32", "master", marks=[pytest.mark.slow] * (norm == "post"))
+        for kind, norm in MODEL_VARIANTS
+    ),
     # The paper's setting: 16-bit weights updated with stochastic rounding, under XLA (~20 s;
     # test_weight_storage_modes_in_training covers stochastic float16 updates by default).
     pytest.param("attention", "pre", "float16", "stochastic", marks=pytest.mark.slow),

@@ -201,7 +201,11 @@ def projection_scale(m: int, n: int) -> float:
 FIT_THRESHOLD = 0.05  # nats per character on the predictable positions
 
 
-@pytest.mark.parametrize("kind,norm", MODEL_VARIANTS)
+# Post-norm attention under --slow (test_precision fits the pre-norm kinds in FP8 too).
+@pytest.mark.parametrize(
+    "kind,norm",
+    [pytest.param(k, n, marks=[pytest.mark.slow] * (n == "post")) for k, n in MODEL_VARIANTS],
+)
 def test_unit_scaled_models_fit_a_repeating_sequence(kind: str, norm: str) -> None:
     rng = np.random.default_rng({"attention": 0, "conv": 1, "rnn": 2}[kind])
     pattern = rng.integers(0, VOCAB, rng.integers(13, 18))
