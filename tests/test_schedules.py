@@ -11,6 +11,7 @@ values are refused with one line naming the field before anything is computed.
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Optional
 
 import keras
@@ -20,6 +21,7 @@ import tensorflow as tf
 from experiment_helpers import write_grammar_folder
 
 from scmm.experiments import ExperimentSettings, cli, from_dict, main, overrides, to_dict
+from scmm.experiments.trackers import WandbTracker
 from scmm.parameters import Parameter, ParameterTable
 from scmm.training.schedules import WarmupDecay
 from scmm.training.settings import (
@@ -319,16 +321,18 @@ def test_a_run_logs_the_scheduled_rate_of_every_step(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """run_experiment.py, u-mup with independent weight decay, warm-up then square-root decay
-    (decay_steps null: to the end of the run). One step per compiled call, so every
-    ``train_step`` record (step s, after s updates) carries the rate of update s - 1. Without
-    XLA, to keep it short: the schedule under XLA is checked above, inside the update too."""
+    (decay_steps null: to the end of the run). Four steps per compiled call: every
+    ``train_step`` record (step s, after s updates, k steps in its chunk) carries the rates of
+    updates s - k ... s - 1 in ``learning_rate_per_step`` and the last as ``learning_rate``.
+    Without XLA, to keep it short: the schedule under XLA is checked above, inside the update
+    too."""
     monkeypatch.setenv("SCMM_CACHE", str(tmp_path / "cache"))
     data, out = tmp_path / "data", tmp_path / "run"
     write_grammar_folder(data, train_chars=4000, eval_chars=600)
     steps, warmup, peak = 10, 3, 0.5
     argv = [
         "--preset", "smoke", "--model.scaling.type", "umup", "--seed", "3",
-        "--training.steps", str(steps), "--training.iterations_per_loop", "1",
+        "--training.steps", str(steps), "--training.iterations_per_loop", "4",
         "--training.valid_interval", str(steps), "--training.optimiser.learning_rate", str(peak),
         "--training.optimiser.weight_decay", "0.1", "--training.weight_decay_mode", "independent",
         "--training.optimiser.schedule.type", "warmup_power",
@@ -340,13 +344,28 @@ def test_a_run_logs_the_scheduled_rate_of_every_step(
     ]  # fmt: skip
     assert main(argv) == 0
     records = _train_records(out)
-    assert [r["step"] for r in records] == list(range(1, steps + 1))
+    assert [r["step"] for r in records] == [4, 8, 10]
     resolved = WarmupPowerScheduleSettings(
         warmup_steps=warmup, decay_steps=steps - warmup, min_learning_rate_fraction=0.25
     )
-    want = [reference(resolved, r["step"] - 1, peak) for r in records]
-    np.testing.assert_allclose([r["learning_rate"] for r in records], want, rtol=2e-6)
-    assert records[0]["learning_rate"] == 0.0  # update 0 of the warm-up
+    want = [reference(resolved, t, peak) for t in range(steps)]
+    logged = [rate for r in records for rate in r["learning_rate_per_step"]]
+    np.testing.assert_allclose(logged, want, rtol=2e-6)
+    assert [len(r["learning_rate_per_step"]) for r in records] == [4, 4, 2]
+    assert all(r["learning_rate"] == r["learning_rate_per_step"][-1] for r in records)
+    assert logged[0] == 0.0  # update 0 of the warm-up
+
+    # WandB gets one learning-rate point per step, at the step after its update, in order.
+    calls: list[tuple[int, dict[str, Any]]] = []
+    tracker = WandbTracker.__new__(WandbTracker)
+    tracker.run = SimpleNamespace(log=lambda metrics, step: calls.append((step, metrics)))
+    for record in records:
+        tracker.log(record)
+    wandb_steps = [step for step, _ in calls]
+    assert wandb_steps == sorted(wandb_steps)
+    rates = {step: m["train_step/learning_rate"] for step, m in calls if len(m) == 1}
+    assert sorted(rates) == list(range(1, steps + 1))
+    np.testing.assert_allclose([rates[t] for t in sorted(rates)], want, rtol=2e-6)
     stored: Optional[dict[str, Any]] = json.loads((out / "settings.json").read_text())
     assert stored is not None
     assert stored["training"]["optimiser"]["schedule"]["type"] == "warmup_power"

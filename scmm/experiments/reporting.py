@@ -18,6 +18,7 @@ from ..exit_codes import EXIT_DIVERGED, EXIT_FAILED, EXIT_FINISHED, EXIT_INTERRU
 from ..parameters import ParameterTable
 from ..training.settings import OptimiserSettings
 from .settings import ExperimentSettings, to_dict
+from .trackers import PER_STEP_SUFFIX
 
 # Per-step arrays the trainer returns that are summarised specially (not "last value").
 _SPECIAL = (
@@ -31,6 +32,8 @@ _SPECIAL = (
     "accuracy",
     "clipped_fraction",
 )
+# The train_step record's list of the learning rate of each step in the chunk.
+PER_STEP_RATES = f"learning_rate{PER_STEP_SUFFIX}"
 # Evaluation metrics copied to summary.json per split (when the model returns them).
 SPLIT_METRICS = ("loss", "bpc", "xentropy", "perplexity", "accuracy")
 
@@ -52,7 +55,9 @@ class Throughput:
 def chunk_metrics(results: Mapping[str, np.ndarray], elapsed: float) -> dict[str, Any]:
     """The ``train_step`` record of one compiled chunk from its per-step arrays.
 
-    Mean and last loss, the learning rate and loss scale at the last step, skipped steps,
+    Mean and last loss, the learning rate and loss scale at the last step (and the rate of
+    every step, ``learning_rate_per_step``: its i-th value, from 0, is the rate of update
+    ``step - k + i`` of the chunk's k), skipped steps,
     tokens and throughput, the pre-clip gradient norm at the last step (``grad_norm``) and its
     largest in the chunk (``grad_norm_max``), the mean fraction of gradient tensors clipped
     (``clipped_fraction``, per-tensor clipping only), and the last value of every other scalar
@@ -68,6 +73,9 @@ def chunk_metrics(results: Mapping[str, np.ndarray], elapsed: float) -> dict[str
         "bpc": mean_loss / math.log(2),
         "loss_last": float(results["loss"][-1]),
         "learning_rate": float(results["learning_rate"][-1]),
+        # The schedule's rate at every update of the chunk, first to last: the record is per
+        # chunk, the schedule per step (a warm-up can move within one compiled call).
+        PER_STEP_RATES: [float(rate) for rate in results["learning_rate"]],
         "tokens": tokens,
         "tokens_per_second": tokens / elapsed,
     }

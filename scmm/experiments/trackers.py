@@ -18,6 +18,10 @@ from ..io import atomic_open, scan_jsonl, write_json
 from .settings import ExperimentSettings, to_dict
 
 
+# A record's list field named ``<metric>_per_step`` holds one value per step of its chunk.
+PER_STEP_SUFFIX = "_per_step"
+
+
 def _json_safe(value: Any) -> Any:
     # Non-finite floats become strings so every line is strict JSON ("NaN" is not).
     if isinstance(value, float) and not math.isfinite(value):
@@ -233,15 +237,22 @@ class WandbTracker:
         self.mode = mode
 
     def log(self, record: dict[str, Any]) -> None:
-        """Record one entry."""
+        """Record one entry; a list field ``<name>_per_step`` of n values is logged as
+        ``<kind>/<name>`` at the n steps ending at the record's step, one value each."""
         kind = record.get("kind", "record")
+        step = int(record.get("step", 0))
+        for key, values in record.items():
+            if key.endswith(PER_STEP_SUFFIX) and isinstance(values, list):
+                name = f"{kind}/{key[: -len(PER_STEP_SUFFIX)]}"
+                for offset, value in enumerate(values, start=step - len(values) + 1):
+                    self.run.log({name: value}, step=offset)
         metrics = {
             f"{kind}/{k}": v
             for k, v in record.items()
             if k not in ("kind", "step", "time") and isinstance(v, (int, float))
         }
         if metrics:
-            self.run.log(metrics, step=int(record.get("step", 0)))
+            self.run.log(metrics, step=step)
 
     def summary(self, summary: dict[str, Any]) -> None:
         """Record the final summary."""
