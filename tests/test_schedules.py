@@ -358,7 +358,9 @@ def test_a_run_logs_the_scheduled_rate_of_every_step(
     # WandB gets one learning-rate point per step, at the step after its update, in order.
     calls: list[tuple[int, dict[str, Any]]] = []
     tracker = WandbTracker.__new__(WandbTracker)
-    tracker.run = SimpleNamespace(log=lambda metrics, step: calls.append((step, metrics)))
+    tracker.run = SimpleNamespace(  # type: ignore[assignment]
+        log=lambda metrics, step: calls.append((step, metrics))
+    )
     for record in records:
         tracker.log(record)
     wandb_steps = [step for step, _ in calls]

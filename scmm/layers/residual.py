@@ -8,6 +8,10 @@
 or the running mean 1/(l+1) that keeps the residual stream's scale constant with depth); the
 op set applies it (``residual_split`` / ``residual_add``: the unit-scaled set gives the branch a
 unit gradient and pays the sqrt(tau) on the way into it).
+
+With ``dropout_keep_probability`` p < 1, f's output is dropped out while training (the op
+set's dropout: x m / p, or x m / sqrt(p) unit-scaled), from the stateless ``seed`` the caller
+passes with ``training=True``.
 """
 
 from typing import Any, Literal, Optional
@@ -37,9 +41,14 @@ class Residual(ScaledLayer):
         tau: Optional[float] = None,
         norm_center: bool = True,
         norm_scale: bool = True,
+        dropout_keep_probability: float = 1.0,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        if not 0.0 < dropout_keep_probability <= 1.0:
+            raise ValueError(
+                f"dropout keep probability must be in (0, 1], got {dropout_keep_probability}"
+            )
         if norm not in ("pre", "post", "none"):
             raise ValueError(f"residual norm must be pre|post|none, got {norm!r}")
         if tau is not None and not 0.0 < tau < 1.0:
@@ -52,6 +61,7 @@ class Residual(ScaledLayer):
         self.tau = tau
         self.norm_center = norm_center
         self.norm_scale = norm_scale
+        self.dropout_keep_probability = dropout_keep_probability
         self.norm = (
             LayerNorm(
                 hidden_size, center=norm_center, scale=norm_scale, ops=self.ops_name, name="norm"
@@ -66,13 +76,20 @@ class Residual(ScaledLayer):
         if not self.body.built:  # a body restored by from_config may come built
             self.body.build(None)
 
-    def call(self, x: tf.Tensor) -> tf.Tensor:
-        # x: (batch, seq, hidden)
+    def call(
+        self, x: tf.Tensor, training: Optional[bool] = None, seed: Optional[tf.Tensor] = None
+    ) -> tf.Tensor:
+        # x: (batch, seq, hidden); seed: (2,) int32, needed when training with dropout
         skip, branch_input = self.ops.residual_split(x, self.tau)
         norm = self.norm
         if norm is not None and self.norm_placement == "pre":
             branch_input = norm(branch_input)
-        y = self.ops.residual_add(skip, self.body(branch_input), self.tau)
+        branch = self.body(branch_input)
+        if training and self.dropout_keep_probability < 1.0:
+            if seed is None:
+                raise ValueError(f"{self.name}: training with dropout needs a stateless seed")
+            branch = self.ops.dropout(branch, self.dropout_keep_probability, seed)
+        y = self.ops.residual_add(skip, branch, self.tau)
         return norm(y) if norm is not None and self.norm_placement == "post" else y
 
     def get_config(self) -> dict[str, Any]:
@@ -84,4 +101,5 @@ class Residual(ScaledLayer):
             "tau": self.tau,
             "norm_center": self.norm_center,
             "norm_scale": self.norm_scale,
+            "dropout_keep_probability": self.dropout_keep_probability,
         }

@@ -131,6 +131,7 @@ class CharLM(keras.Model):
                 tau=tau,
                 norm_center=scheme.use_bias,
                 norm_scale=scheme.norm_scale,
+                dropout_keep_probability=settings.dropout_keep_probability,
                 ops=scheme.ops,
                 name=name,
             )
@@ -166,12 +167,34 @@ class CharLM(keras.Model):
 
     # Forward pass ---------------------------------------------------------------------------
 
-    def hidden_states(self, tokens: tf.Tensor) -> tf.Tensor:
-        """Trunk output before the final norm: (batch, seq, hidden) in the compute dtype."""
+    @property
+    def stochastic(self) -> bool:
+        """Whether training steps need a seed (dropout): the trainer then calls
+        ``model(tokens, mask, training=True, seed=...)`` with a stateless (2,) int32 seed that
+        is a function of the run's seed, the step and the micro-batch."""
+        return self.settings.dropout_keep_probability < 1.0
+
+    def hidden_states(
+        self, tokens: tf.Tensor, training: bool = False, seed: Optional[tf.Tensor] = None
+    ) -> tf.Tensor:
+        """Trunk output before the final norm: (batch, seq, hidden) in the compute dtype.
+
+        Training with dropout (``stochastic``) needs ``seed``; each dropout site draws from
+        its own stream, the seed folded with the site's index."""
+        dropout = training and self.stochastic
+        if dropout and seed is None:
+            raise ValueError("training with model.dropout_keep_probability < 1 needs a seed")
+
+        def site_seed(site: int) -> Optional[tf.Tensor]:
+            return tf.random.experimental.stateless_fold_in(seed, site) if dropout else None
+
+        keep = self.settings.dropout_keep_probability
         with precision.scope(self.settings.precision):  # simulated low-precision matmuls
             x = self.shift(self.embedding(tokens))  # (b, s, hidden)
-            for block in self.blocks:
-                x = block(x)
+            if dropout:
+                x = self.ops.dropout(x, keep, site_seed(0))
+            for site, block in enumerate(self.blocks, start=1):
+                x = block(x, training=dropout, seed=site_seed(site))
         return x
 
     def _head(self, hidden: tf.Tensor) -> tf.Tensor:
@@ -185,12 +208,16 @@ class CharLM(keras.Model):
         return self._head(self.hidden_states(tokens))
 
     def call(  # pylint: disable=arguments-differ
-        self, tokens: tf.Tensor, mask: Optional[tf.Tensor] = None
+        self,
+        tokens: tf.Tensor,
+        mask: Optional[tf.Tensor] = None,
+        training: bool = False,
+        seed: Optional[tf.Tensor] = None,
     ) -> dict[str, tf.Tensor]:
         tokens = tf.cast(tokens, tf.int32)
         if mask is None:
             mask = tf.ones_like(tokens, dtype=tf.bool)
-        hidden = self.hidden_states(tokens)
+        hidden = self.hidden_states(tokens, training=bool(training), seed=seed)
         logits = self._head(hidden)
         return {
             **self.loss_outputs(logits, tokens, mask),

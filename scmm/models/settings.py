@@ -300,11 +300,18 @@ class ModelSettings:
     """Simulated low-precision (e.g. FP8) matmul inputs and gradients."""
     loss: LossSettings = dataclasses.field(default_factory=LossSettings)
     """The loss: target weighting and autoregression offset."""
+    dropout_keep_probability: float = 1.0
+    """While training, keep each element of the embedding output and of every residual
+    branch's output with this probability (1: no dropout). Regular models: inverted dropout
+    x m / p (the mean kept); unit-scaled and u-mup: x m / sqrt(p) (the variance kept)."""
     seed: Optional[int] = None
     """Initialisation seed. null: derived from the experiment seed."""
 
     def validate(self) -> None:
         """Raise ValueError naming the first impossible value (before any compute)."""
+        keep = self.dropout_keep_probability
+        if isinstance(keep, bool) or not 0.0 < keep <= 1.0:
+            raise ValueError(f"model.dropout_keep_probability must be in (0, 1], got {keep}")
         if self.vocab_size < 0:
             raise ValueError(f"model.vocab_size must be >= 0, got {self.vocab_size}")
         if self.hidden_size < 1:

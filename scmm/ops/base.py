@@ -120,6 +120,21 @@ class OpSet(abc.ABC):  # pylint: disable=too-many-public-methods  # one method p
             return self.gelu(x)
         raise ValueError(f"FFN activation must be relu|gelu, got {kind!r}")
 
+    def dropout_scale(self, keep_probability: float) -> float:
+        """Factor on the kept values of ``dropout``: 1/p (inverted dropout keeps the mean)."""
+        return 1.0 / keep_probability
+
+    def dropout(self, x: tf.Tensor, keep_probability: float, seed: tf.Tensor) -> tf.Tensor:
+        """x (any shape) with each element kept with probability p, times
+        ``dropout_scale(p)``, else 0. The mask is a pure function of ``seed`` ((2,) int32, a
+        stateless seed) and x's shape, so a step can be replayed exactly (resume).
+        The gradient is the same mask and factor on the incoming gradient."""
+        if keep_probability >= 1.0:
+            return x
+        uniform = tf.random.stateless_uniform(tf.shape(x), seed, dtype=tf.float32)
+        kept = x * tf.cast(self.dropout_scale(keep_probability), x.dtype)
+        return tf.where(uniform < keep_probability, kept, tf.zeros_like(x))
+
     @abc.abstractmethod
     def qkv_projection(
         self, x: tf.Tensor, kernel: tf.Tensor

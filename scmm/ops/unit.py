@@ -87,6 +87,11 @@ class UnitOps(OpSet):
     def gelu(self, x: tf.Tensor) -> tf.Tensor:
         return uscale.gelu(x, self.constraint)
 
+    def dropout_scale(self, keep_probability: float) -> float:
+        # x m / sqrt(p): for a unit x, E[(x m)^2] / p = 1, so the output (and, the op being a
+        # plain multiply, the input gradient) keeps unit variance, not unit mean.
+        return keep_probability**-0.5
+
     # Attention --------------------------------------------------------------------------------
 
     def qkv_projection(

@@ -26,8 +26,9 @@ from ..uscale.batch_split import batch_split
 
 REDUCTIONS = ("mean", "sum")
 
-# (tokens, mask) -> (model outputs, gradients of the scaled loss, one per variable)
-PartGradients = Callable[[tf.Tensor, tf.Tensor], tuple[dict[str, tf.Tensor], list[Any]]]
+# (tokens, mask, micro-batch index) -> (model outputs, gradients of the scaled loss, one per
+# variable); the index lets a stochastic model (dropout) draw a different mask per part.
+PartGradients = Callable[[tf.Tensor, tf.Tensor, int], tuple[dict[str, tf.Tensor], list[Any]]]
 
 
 def loss_reduction(model: Any) -> str:
@@ -76,8 +77,8 @@ def accumulated_gradients(
     outputs: list[dict[str, tf.Tensor]] = []
     total: list[Any] = []
     with batch_split(parts):
-        for part_tokens, part_mask in split_batch(tokens, mask, parts):
-            part_outputs, grads = part_gradients(part_tokens, part_mask)
+        for index, (part_tokens, part_mask) in enumerate(split_batch(tokens, mask, parts)):
+            part_outputs, grads = part_gradients(part_tokens, part_mask, index)
             weight = part_outputs["n_tokens"] if reduction == "mean" else None
             grads = [_dense(g) for g in grads]
             if weight is not None:

@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from ..ops.kernels import apply_gradient_factors
 from ..parameters import Parameter, ParameterTable
-from ..pedal import Execution
+from ..pedal import Execution, split_seed
 from ..precision_settings import WeightStorage
 from ..sparsity.training import STATE_PREFIX as SPARSITY_STATE
 from ..sparsity.training import SparseTraining
@@ -46,7 +46,13 @@ class LanguageModel(Protocol):
         """The variables to train (Keras variables with stable ``.path``)."""
 
     def __call__(self, tokens: tf.Tensor, mask: tf.Tensor) -> Mapping[str, tf.Tensor]:
-        """{"loss": scalar, "n_tokens": scalar, ...other scalars} for one batch."""
+        """{"loss": scalar, "n_tokens": scalar, ...other scalars} for one batch.
+
+        A model whose ``stochastic`` attribute is true (dropout) is called in training steps
+        as ``model(tokens, mask, training=True, seed=seed)``, ``seed`` a stateless (2,) int32
+        seed from the trainer's seed, the optimiser step and the micro-batch (``dropout_seed``):
+        the same step replays the same masks, so a resumed run is exact.
+        """
 
 
 def uniform_table(variables: Sequence[Any]) -> ParameterTable:
@@ -118,6 +124,7 @@ class Trainer(Generic[ModelT]):
             parameters = own if isinstance(own, ParameterTable) else uniform_table(self.variables)
         self.parameters = parameters
         self.vocab_size = vocab_size
+        self._dropout_stream = split_seed(seed, "dropout")
         self.loss_limit = divergence_limit(settings, vocab_size)
         with execution.scope():
             self.optimiser: Optimiser = settings.optimiser.build(
@@ -145,10 +152,22 @@ class Trainer(Generic[ModelT]):
 
     # Compiled bodies -------------------------------------------------------------------------
 
-    def _part_gradients(self, tokens: tf.Tensor, mask: tf.Tensor) -> tuple[dict[str, Any], list]:
+    def dropout_seed(self, part: int = 0) -> tf.Tensor:
+        """The stateless seed of micro-batch ``part`` of the coming step: (2,) int32."""
+        counter = tf.cast(self.optimiser.step, tf.int32) * self.settings.accumulation_steps + part
+        return tf.stack([tf.constant(self._dropout_stream, tf.int32), counter])
+
+    def _part_gradients(
+        self, tokens: tf.Tensor, mask: tf.Tensor, part: int = 0
+    ) -> tuple[dict[str, Any], list]:
         """The model's outputs and the gradients of its scaled loss on one (micro-)batch."""
         with tf.GradientTape() as tape:
-            outputs = dict(self.model(tokens, mask))
+            if getattr(self.model, "stochastic", False):
+                model: Any = self.model  # the protocol's optional stochastic form
+                call = model(tokens, mask, training=True, seed=self.dropout_seed(part))
+            else:
+                call = self.model(tokens, mask)
+            outputs = dict(call)
             scaled_loss = self.loss_scaler.scale_loss(outputs["loss"])
         # Gradient factors (a cut edge, e.g. calibration) are read from the table when the step
         # is traced, and applied as the gradients come off the tape, before unscaling.
