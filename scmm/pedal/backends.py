@@ -72,6 +72,11 @@ class Backend:
         """Inside ``run``: each value summed over the replicas."""
         return values
 
+    def once(self, fn: Callable[..., Any], args: Sequence[Any]) -> Any:
+        """``fn(*args)`` eagerly, once in this process, where it can read the variables and
+        take their gradients (on replica 0 of a strategy); its Python effects happen once."""
+        return fn(*args)
+
     def distribute(self, batch: Mapping[str, np.ndarray], axis: int) -> dict[str, Any]:
         """Host arrays split along ``axis`` into equal consecutive parts, part r on replica r."""
         del axis  # one replica: nothing to split
@@ -119,6 +124,21 @@ class StrategyBackend(Backend):
         if not values:
             return values
         return list(context.all_reduce(tf.distribute.ReduceOp.SUM, values))
+
+    def once(self, fn: Callable[..., Any], args: Sequence[Any]) -> Any:
+        # A tape cannot watch mirrored variables outside a replica: run in the replicas, and
+        # do the work only in this process's first (the others return at once; no sync).
+        assert self.strategy is not None
+        results = []
+
+        def first(*inner: Any) -> None:
+            context = tf.distribute.get_replica_context()
+            assert context is not None
+            if int(context.replica_id_in_sync_group) % len(self.devices) == 0:
+                results.append(fn(*inner))
+
+        self.strategy.run(first, args=tuple(args))
+        return results[0]
 
     def distribute(self, batch: Mapping[str, np.ndarray], axis: int) -> dict[str, Any]:
         assert self.strategy is not None

@@ -108,6 +108,12 @@ class Execution:
         0's result (``fn`` reduces what it returns with ``all_sum``)."""
         return self.backend.run(fn, args)
 
+    def once(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` eagerly, once per process, able to read the variables and take their
+        gradients (the first replica under a strategy): calibration and scale analysis, on
+        whatever batch they are given (the global one: nothing is split)."""
+        return self.backend.once(fn, args)
+
     def first_local(self, value: Any) -> Any:
         """Replica 0's part of a distributed value (the value itself on one device)."""
         if self.strategy is None:
