@@ -184,8 +184,10 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
     def _calibrate(self) -> None:
         """The scheme's init-time calibration on a batch of its own (before anything traces)."""
         batch = diagnostics.fixed_batch(self.dataset, self.settings, "calibration")
-        with self.execution.scope():
-            metrics = self.model.scheme.calibrate(self.model, batch, self.parameters)
+        with self.execution.scope():  # measured on the whole (global) batch, not split
+            metrics = self.execution.once(
+                self.model.scheme.calibrate, self.model, batch, self.parameters
+            )
         self._log("calibration", 0, **metrics)
 
     def _analyse(self, step: int) -> None:
@@ -193,8 +195,14 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         batch = diagnostics.fixed_batch(self.dataset, self.settings, "analysis")
         title = f"{self.settings.metadata.name or os.path.basename(self.out_dir)}: tensor scales"
         with self.execution.scope():
-            metrics = diagnostics.analyse(
-                self.model, batch, step, self.out_dir, title, self.parameters.gradient_factors()
+            metrics = self.execution.once(
+                diagnostics.analyse,
+                self.model,
+                batch,
+                step,
+                self.out_dir,
+                title,
+                self.parameters.gradient_factors(),
             )
         self._log("analysis", step, **metrics)
 

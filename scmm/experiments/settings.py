@@ -89,6 +89,7 @@ class ExperimentSettings:
         self.data.validate()
         self.model.validate()
         self.training.validate()
+        self.execution.validate()
         offset = self.model.loss.autoregression_offset
         if offset >= self.data.sequence_length:
             raise ValueError(

@@ -1,4 +1,7 @@
-"""Execution adapter (device choice, XLA, seeds, batch streaming).
+"""Execution adapter (device choice, replicas, XLA, seeds, batch streaming).
+
+Backends (``scmm.pedal.backends``): one device, mirrored over local devices; IPUs are refused
+by the settings (``IPU_REFUSAL``).
 
 Settings import without TensorFlow; the execution classes load it on first use, so the
 command line can reject bad input before TensorFlow starts.

@@ -28,8 +28,14 @@ class LossScaler:
         self.dynamic = settings.loss_scaling == "dynamic"
         self.factor = float(settings.loss_scale_factor)
         self.interval = int(settings.loss_scale_growth_interval)
-        self.scale = tf.Variable(float(settings.loss_scale), trainable=False, dtype=tf.float32)
-        self.good_steps = tf.Variable(0, trainable=False, dtype=tf.int64)
+        # Under a tf.distribute strategy the scale is assigned inside each replica; every
+        # replica computes the same value (from all-reduced gradients), so the first one's
+        # is kept (an ordinary variable on one device).
+        first = tf.VariableAggregation.ONLY_FIRST_REPLICA
+        self.scale = tf.Variable(
+            float(settings.loss_scale), trainable=False, dtype=tf.float32, aggregation=first
+        )
+        self.good_steps = tf.Variable(0, trainable=False, dtype=tf.int64, aggregation=first)
 
     def scale_loss(self, loss: tf.Tensor) -> tf.Tensor:
         """loss * scale (in the loss's dtype)."""

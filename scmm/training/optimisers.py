@@ -6,9 +6,10 @@ divides vector parameters' rate by sqrt(size)), 16-bit weights updated with roun
 stochastic rounding, optimiser state addressable by weight name for exact checkpoints, and an
 update that runs unchanged inside an XLA-compiled multi-step loop. Slots are always float32.
 
-Under a ``tf.distribute`` strategy with several replicas, gradients are mean-all-reduced and
-the per-variable update runs through ``strategy.extended.update`` (the same route Keras'
-optimisers take), so mirrored weights stay identical.
+Under a ``tf.distribute`` strategy with several replicas, gradients are mean-all-reduced
+(unless the caller has reduced them already, as the trainer does) and the per-variable
+update runs through ``strategy.extended.update`` (the same route Keras' optimisers take), so
+mirrored weights stay identical.
 """
 
 from typing import Optional, Sequence
@@ -91,6 +92,7 @@ class Optimiser:
 
     def _prepare(self, step: tf.Tensor) -> None:
         """Per-step quantities shared by all variables (computed once, not per variable)."""
+        del step  # a body besides the docstring: AutoGraph cannot convert an empty one
 
     # Subclasses: return the float32 change to add to the weight, updating slots in place.
     def _delta(
@@ -98,12 +100,17 @@ class Optimiser:
     ) -> tf.Tensor:
         raise NotImplementedError
 
-    def apply(self, grads: Sequence[tf.Tensor]) -> None:
-        """Apply one update from float32 gradients (same order as ``variables``)."""
+    def apply(self, grads: Sequence[tf.Tensor], reduced: bool = False) -> None:
+        """Apply one update from float32 gradients (same order as ``variables``).
+
+        ``reduced``: the gradients are already the global batch's on every replica (the
+        trainer combines replicas itself, ``scmm.training.replicas``); otherwise they are
+        mean-all-reduced here, which is right only for equal-token, mean-reduced losses.
+        """
         grads = [tf.convert_to_tensor(g) for g in grads]  # embedding grads arrive as slices
         context = tf.distribute.get_replica_context()
         if tf.distribute.has_strategy() and context is not None:
-            if context.num_replicas_in_sync > 1:
+            if context.num_replicas_in_sync > 1 and not reduced:
                 grads = context.all_reduce(tf.distribute.ReduceOp.MEAN, grads)
             context.merge_call(self._apply_cross_replica, args=(grads,))
         else:

@@ -8,7 +8,11 @@ passed in, else the model's ``parameters`` table if it has one, else every multi
 
 ``Trainer.train(batch)`` runs ``k`` optimiser steps inside one compiled call, where the batch
 arrays are shaped (k, sequences, sequence_length): the CPU/GPU counterpart of the IPU's
-iterations-per-loop, which removes the per-step Python and dispatch overhead. Per-step
+iterations-per-loop, which removes the per-step Python and dispatch overhead. Under a
+replicated backend (``execution.strategy`` mirrored) each step's global batch is split over
+the replicas by sequences, consecutively and deterministically (so exact resume holds), and
+the replicas' gradients and metrics are combined into the global batch's
+(``scmm.training.replicas``): the update does not depend on the split. Per-step
 metrics come back as arrays of length k and are checked on the host: a non-finite loss or
 weight is divergence, and so is a finite loss above ``training.divergence_loss`` x ln V when the
 vocabulary size V is given (a float32 run can explode to 1e13 and stay finite).
@@ -26,10 +30,12 @@ from ..pedal import Execution, split_seed
 from ..precision_settings import WeightStorage
 from ..sparsity.training import STATE_PREFIX as SPARSITY_STATE
 from ..sparsity.training import SparseTraining
+from ..uscale.batch_split import batch_split
 from .accumulation import accumulated_gradients, loss_reduction
 from .clipping import CLIPPING_METRICS, clip_gradients, metric_names
 from .loss_scaling import LossScaler
 from .optimisers import Optimiser
+from .replicas import combine_replicas
 from .settings import TrainingSettings
 
 # Recorded by the trainer itself, beside whatever scalars the model returns: these, and those
@@ -126,6 +132,7 @@ class Trainer(Generic[ModelT]):
         self.vocab_size = vocab_size
         self._dropout_stream = split_seed(seed, "dropout")
         self.loss_limit = divergence_limit(settings, vocab_size)
+        self._check_replicas(settings, execution.replicas)
         with execution.scope():
             self.optimiser: Optimiser = settings.optimiser.build(
                 self.variables,
@@ -142,8 +149,30 @@ class Trainer(Generic[ModelT]):
                     model, self.variables, parameters, settings.sparsity, settings.steps
                 )
         self._metric_names: Optional[tuple[str, ...]] = None
-        self._train_loop = execution.compile(self._train_loop_fn)
+        # Forward and backward of one (micro-)batch: XLA on its own under replicas (the
+        # whole loop is XLA on one device; see scmm.pedal.execution).
+        self._part = execution.replica_part(self._part_gradients)
+        self._train_loop = execution.compile_replicated(self._train_loop_fn)
+        self._gradients: Optional[Any] = None
         self._eval_step = execution.compile(self._eval_step_fn)
+
+    @staticmethod
+    def _check_replicas(settings: TrainingSettings, replicas: int) -> None:
+        """Refuse, before any compute, what a replicated step cannot do."""
+        if replicas == 1:
+            return
+        if settings.sparsity.enabled:
+            raise ValueError(
+                f"sparse training (training.sparsity) does not run under {replicas} replicas"
+                " yet; use --execution.strategy one"
+            )
+        parts = replicas * settings.accumulation_steps
+        if settings.batch_sequences % parts:
+            raise ValueError(
+                f"training.batch_sequences {settings.batch_sequences} does not split into"
+                f" {replicas} replicas x {settings.accumulation_steps} micro-batches"
+                " (equal parts)"
+            )
 
     @property
     def step(self) -> int:
@@ -178,21 +207,28 @@ class Trainer(Generic[ModelT]):
         )
         return outputs, grads
 
+    def _global_gradients(self, tokens: tf.Tensor, mask: tf.Tensor) -> tuple[dict[str, Any], list]:
+        """Inside a replica: the global batch's outputs and (loss-scaled) gradients."""
+        parts = self.settings.accumulation_steps
+        replicas = self.execution.replicas
+        reduction = loss_reduction(self.model)
+        # Runs inside the replica (its own thread under tf.distribute): every rows^-1/2 of
+        # the unit-scaled ops counts the global batch's rows, replicas x micro-batches.
+        with batch_split(replicas):
+            if parts == 1:
+                outputs, grads = self._part(tokens, mask)
+            else:
+                outputs, grads = accumulated_gradients(
+                    self._part, tokens, mask, parts, reduction, self.settings.accumulation_mode
+                )
+        return combine_replicas(outputs, grads, reduction, self.execution.all_sum, replicas)
+
     def _train_step_fn(self, tokens: tf.Tensor, mask: tf.Tensor) -> dict[str, tf.Tensor]:
         scaler = self.loss_scaler
         scale = tf.identity(scaler.scale)  # the scale this step used (before any update)
-        parts = self.settings.accumulation_steps
-        if parts == 1:
-            outputs, grads = self._part_gradients(tokens, mask)
-        else:
-            outputs, grads = accumulated_gradients(
-                self._part_gradients,
-                tokens,
-                mask,
-                parts,
-                loss_reduction(self.model),
-                self.settings.accumulation_mode,
-            )
+        outputs, grads = self._global_gradients(tokens, mask)
+        # From here every replica holds the same gradients: finiteness, clipping and the
+        # update agree across replicas.
         grads, finite = scaler.unscale(grads)
         # Sparse training: the update sees masked gradients; the masks' own update the dense
         # ones (RigL regrows where the dense gradient is large).
@@ -216,18 +252,22 @@ class Trainer(Generic[ModelT]):
     def _apply(self, grads: list[Any], dense: list[Any]) -> None:
         """One optimiser update from ``grads``; under sparse training then the masks' own step
         (``scmm.sparsity.training``) from the ``dense`` gradients."""
-        self.optimiser.apply(grads)
+        self.optimiser.apply(grads, reduced=True)
         if self.sparse is not None:
             self.sparse.after_step(self.optimiser.step, dense, self.optimiser.slots)
 
-    def _train_loop_fn(self, tokens: tf.Tensor, mask: tf.Tensor) -> dict[str, tf.Tensor]:
-        # tokens, mask: (k, sequences, sequence_length)
-        count = tf.shape(tokens)[0]
+    def _replica_step(self, tokens: tf.Tensor, mask: tf.Tensor, index: tf.Tensor) -> Any:
+        return self._train_step_fn(tokens[index], mask[index])
+
+    def _train_loop_fn(self, tokens: Any, mask: Any) -> dict[str, tf.Tensor]:
+        # tokens, mask: (k, sequences, sequence_length), each replica's part of the sequences
+        # (the loop runs outside the replicas: each step is one Execution.run).
+        count = tf.shape(self.execution.first_local(tokens))[0]
         names = self._metric_names
         assert names is not None
         arrays = {name: tf.TensorArray(tf.float32, size=count, element_shape=()) for name in names}
         for i in tf.range(count):
-            outputs = self._train_step_fn(tokens[i], mask[i])
+            outputs = self.execution.run(self._replica_step, tokens, mask, i)
             arrays = {
                 name: arrays[name].write(i, tf.cast(outputs[name], tf.float32)) for name in names
             }
@@ -236,6 +276,13 @@ class Trainer(Generic[ModelT]):
             [tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(v))) for v in self.variables]
         )
         return results
+
+    def _replica_gradients(self, tokens: tf.Tensor, mask: tf.Tensor) -> list[tf.Tensor]:
+        _, grads = self._global_gradients(tokens, mask)
+        return self.loss_scaler.unscale(grads)[0]
+
+    def _gradients_fn(self, tokens: Any, mask: Any) -> list[tf.Tensor]:
+        return self.execution.run(self._replica_gradients, tokens, mask)
 
     def _eval_step_fn(self, tokens: tf.Tensor, mask: tf.Tensor) -> dict[str, tf.Tensor]:
         outputs = self.model(tokens, mask)
@@ -268,11 +315,12 @@ class Trainer(Generic[ModelT]):
         if self.sparse is not None:
             self.sparse.set_state_arrays(sparse_state)
 
-    def _discover_metrics(self, tokens: tf.Tensor, mask: tf.Tensor) -> tuple[str, ...]:
+    def _discover_metrics(self, tokens: np.ndarray, mask: np.ndarray) -> tuple[str, ...]:
         """The model's scalar outputs (traced once, not run) plus the trainer's own."""
         forward = tf.function(lambda t, m: dict(self.model(t, m)))
         outputs = forward.get_concrete_function(
-            tf.TensorSpec(tokens.shape[1:], tokens.dtype), tf.TensorSpec(mask.shape[1:], mask.dtype)
+            tf.TensorSpec(tokens.shape[1:], tf.as_dtype(tokens.dtype)),
+            tf.TensorSpec(mask.shape[1:], tf.as_dtype(mask.dtype)),
         ).structured_outputs
         for key in ("loss", "n_tokens"):
             if key not in outputs:
@@ -292,14 +340,11 @@ class Trainer(Generic[ModelT]):
         ``loss_limit``, or the first weight that is non-finite after the loop.
         """
         first_step = self.step
-        device_batch = self.execution.to_device(
-            {"tokens": batch["tokens"].astype(np.int32, copy=False), "mask": batch["mask"]}
-        )
+        host = {"tokens": batch["tokens"].astype(np.int32, copy=False), "mask": batch["mask"]}
+        device_batch = self.execution.distribute(host, axis=1)
         if self._metric_names is None:
             with self.execution.scope():
-                self._metric_names = self._discover_metrics(
-                    device_batch["tokens"], device_batch["mask"]
-                )
+                self._metric_names = self._discover_metrics(host["tokens"], host["mask"])
         results = {k: np.asarray(v) for k, v in self._train_loop(**device_batch).items()}
         finite_weights = results.pop("weights_finite")
         losses = results["loss"]
@@ -323,6 +368,16 @@ class Trainer(Generic[ModelT]):
             name = self.variables[int(np.flatnonzero(~finite_weights)[0])].path
             raise NonFiniteError(first_step + len(results["loss"]), f"weight {name}")
         return results
+
+    def gradients(self, batch: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """The unscaled, factored gradients of one step's global batch (sequences, length),
+        computed exactly as a training step does (replicas and micro-batches combined), without
+        updating anything: one array per ``variables`` entry."""
+        if self._gradients is None:
+            self._gradients = self.execution.compile_replicated(self._gradients_fn)
+        host = {"tokens": batch["tokens"].astype(np.int32, copy=False), "mask": batch["mask"]}
+        grads = self._gradients(**self.execution.distribute(host, axis=0))
+        return [np.asarray(g) for g in grads]
 
     def evaluate(self, batches: Iterable[Mapping[str, np.ndarray]]) -> dict[str, float]:
         """Token-weighted mean loss and BPC over ``batches`` (each (sequences, length)).

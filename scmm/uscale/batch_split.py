@@ -14,6 +14,11 @@ constants), set by whoever splits the batch::
 
     with batch_split(4):          # e.g. 4 micro-batches
         grads = tape.gradient(...)  # traced inside: every rows^-1/2 counts 4 x the rows
+
+Splits nest by multiplying: the trainer traces each replica's step under batch_split(R) and
+accumulation its micro-batches under batch_split(M) inside it, so the parts count R x M. The
+value lives in a context variable, which does not cross threads: it must be set inside the
+replica function (tf.distribute traces replicas in threads of their own).
 """
 
 import contextlib
@@ -30,7 +35,8 @@ def batch_split(parts: int) -> Iterator[None]:
     """Ops traced inside count ``parts`` times the batch rows they see (see module)."""
     if isinstance(parts, bool) or not isinstance(parts, int) or parts < 1:
         raise ValueError(f"batch_split needs a whole number of parts >= 1, got {parts!r}")
-    token = _PARTS.set(parts)
+    # Nested splits multiply: replicas (the trainer's outer split) x micro-batches (inner).
+    token = _PARTS.set(_PARTS.get() * parts)
     try:
         yield
     finally:
