@@ -17,7 +17,6 @@ from typing import Any, Optional, Protocol, Sequence
 from ..io import atomic_open, scan_jsonl, write_json
 from .settings import ExperimentSettings, to_dict
 
-
 # A record's list field named ``<metric>_per_step`` holds one value per step of its chunk.
 PER_STEP_SUFFIX = "_per_step"
 
