@@ -182,8 +182,14 @@ class Trainer(Generic[ModelT]):
     # Compiled bodies -------------------------------------------------------------------------
 
     def dropout_seed(self, part: int = 0) -> tf.Tensor:
-        """The stateless seed of micro-batch ``part`` of the coming step: (2,) int32."""
-        counter = tf.cast(self.optimiser.step, tf.int32) * self.settings.accumulation_steps + part
+        """The stateless seed of micro-batch ``part`` of the coming step in this replica:
+        (2,) int32, one counter per (step, replica, micro-batch), so no two parts of the
+        global batch share a mask stream."""
+        parts = self.settings.accumulation_steps
+        replica = tf.distribute.get_replica_context()
+        index = 0 if replica is None else replica.replica_id_in_sync_group
+        counter = tf.cast(self.optimiser.step, tf.int32) * (self.execution.replicas * parts)
+        counter += tf.cast(index, tf.int32) * parts + part
         return tf.stack([tf.constant(self._dropout_stream, tf.int32), counter])
 
     def _part_gradients(
