@@ -173,6 +173,9 @@ def migrate_full(tree: dict[str, Any]) -> dict[str, Any]:
         new["model"]["precision"].setdefault("rounding", "nearest")
     # Added after the golden file: the loss weighting (none, offset 0: the loss as before).
     new["model"].setdefault("loss", {"weighting": "none", "autoregression_offset": 0})
+    # Added after the golden file: the execution backend (one device, as every golden run).
+    new["execution"].setdefault("strategy", "one")
+    new["execution"].setdefault("devices", 0)
     # Added after the golden file: dropout (keep probability 1: none, the model as before).
     new["model"].setdefault("dropout_keep_probability", 1.0)
     token = new["model"].get("token", {})
