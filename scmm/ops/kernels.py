@@ -12,6 +12,9 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import numpy as np
 import tensorflow as tf
 
+# No public API tells whether a graph is being traced for XLA.
+from tensorflow.python.ops import control_flow_util  # pylint: disable=no-name-in-module
+
 from .. import precision
 
 # Large enough to zero a softmax term, small enough to stay finite in float16 (max 65504).
@@ -55,6 +58,36 @@ def apply_gradient_factors(
     """Each gradient times its variable's factor (by ``.path``, 1 if absent); sparse stays
     sparse. The trainer, calibration and scale analysis apply factors through this."""
     return [scale_gradient(g, factors.get(v.path, 1.0)) for v, g in zip(variables, grads)]
+
+
+def materialised_gradient(x: tf.Tensor) -> tf.Tensor:
+    """Identity; under XLA the gradient arriving at ``x`` is computed once and stored.
+
+    XLA's CPU fusion copies cheap elementwise producers into every consumer. A weighted
+    residual stream's gradient is such a chain (block l's is sqrt(1 - tau) times block
+    l+1's plus its branch's), and with its branch reading it only through the sqrt(tau)
+    multiply no matmul reads it directly, so nothing stored it: every branch-gradient fusion
+    recomputed the chain down from the loss (see ``scmm.bench``). XLA's CPU pipeline drops
+    optimisation barriers before fusion, and folds constant multiplies and divides, so the
+    gradient is divided by a 1.0 computed at run time (x & ~x of an integer, which XLA does
+    not fold): a division is "expensive" and XLA never duplicates one. x / 1 is x exactly
+    (NaN and infinities included), so values are bit-identical. Outside XLA (TF's own
+    kernels store every op's output) this is ``x`` itself.
+    """
+    if not control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+        return x
+
+    @tf.custom_gradient
+    def identity(value: tf.Tensor) -> Any:
+        def grad(upstream: tf.Tensor) -> tf.Tensor:
+            flat = tf.reshape(upstream, [-1])[:1]
+            bits = tf.bitcast(tf.cast(flat, tf.float32), tf.int32)
+            zero = tf.bitwise.bitwise_and(bits, tf.bitwise.invert(bits))  # 0 at run time
+            return upstream / tf.cast(zero + 1, upstream.dtype)
+
+        return tf.identity(value), grad
+
+    return identity(x)
 
 
 def sinusoid_embedding(length: int, frequencies: int, max_period: float) -> np.ndarray:

@@ -134,9 +134,12 @@ class PlainOps(OpSet):
         if tau is None:  # plain x + f(x)
             return skip + branch_output
         dtype = skip.dtype
-        return skip * tf.cast(math.sqrt(1.0 - tau), dtype) + branch_output * tf.cast(
+        y = skip * tf.cast(math.sqrt(1.0 - tau), dtype) + branch_output * tf.cast(
             math.sqrt(tau), dtype
         )
+        # The branch reads y's gradient only through the sqrt(tau) multiply, so without this
+        # XLA recomputes the residual stream's whole gradient chain in every block.
+        return kernels.materialised_gradient(y)
 
     def cross_entropy(
         self,
