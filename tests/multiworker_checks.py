@@ -9,6 +9,7 @@ over 2 logical CPUs in one process. Both train a unit-scaled AdamW and a regular
 import json
 import os
 import sys
+from typing import Literal
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if sys.argv[1] == "worker":  # before TensorFlow starts
@@ -61,7 +62,9 @@ def trainer(scheme: str, optimiser: str, run: Execution) -> Trainer:
 
 def main() -> None:
     """Train both cases under the backend argv names; save weights and losses."""
-    strategy = "multi_worker" if sys.argv[1] == "worker" else "mirrored"
+    strategy: Literal["multi_worker", "mirrored"] = (
+        "multi_worker" if sys.argv[1] == "worker" else "mirrored"
+    )
     run = Execution(
         ExecutionSettings(
             device="cpu", strategy=strategy, devices=1 if strategy == "multi_worker" else 2,
@@ -79,7 +82,7 @@ def main() -> None:
         arrays[f"{scheme}/{optimiser}/step"] = np.asarray(train.step)
         for i, variable in enumerate(train.variables):
             arrays[f"{scheme}/{optimiser}/w{i}"] = np.asarray(variable.numpy())
-    np.savez(sys.argv[-1], **arrays)
+    np.savez(sys.argv[-1], **arrays)  # type: ignore[arg-type]
     print(f"RESULT {json.dumps({'description': run.description, 'chief': run.is_chief})}")
 
 

@@ -8,8 +8,9 @@ TensorFlow's own (``tf.distribute``); nothing here moves data between devices by
 Another backend is one subclass of ``Backend`` plus a line in ``build_backend``.
 
 Tested here: ``OneDevice`` on CPU, ``Mirrored`` over logical CPU devices (what a laptop can
-run), ``MultiWorker`` over processes on 127.0.0.1 with one CPU each. The GPU paths (``Mirrored`` over local GPUs, ``OneDevice`` on /GPU:0) are the same code
-with other device names but have not been exercised on GPUs by scmm's test suite.
+run), ``MultiWorker`` over processes on 127.0.0.1 with one CPU each. The GPU paths
+(``Mirrored`` over local GPUs, ``OneDevice`` on /GPU:0, ``MultiWorker`` with GPUs) are the same
+code with other device names but have not been exercised on GPUs by scmm's test suite.
 """
 
 import contextlib
@@ -210,20 +211,6 @@ class Mirrored(StrategyBackend):
             reduce = tf.distribute.ReductionToOneDevice(devices[0])
         strategy = tf.distribute.MirroredStrategy(devices, cross_device_ops=reduce)
         super().__init__(strategy, devices)
-
-
-class WorkerLostError(RuntimeError):
-    """A collective failed under multi_worker: another worker stopped or cannot be reached."""
-
-
-# What TensorFlow raises when a collective's peer is gone: its health check aborts the
-# collectives ("The following tasks are unhealthy"), or a wait runs past execution.timeout.
-COLLECTIVE_FAILURES = (
-    tf.errors.UnavailableError,
-    tf.errors.DeadlineExceededError,
-    tf.errors.AbortedError,
-    tf.errors.CancelledError,
-)
 
 
 class MultiWorker(StrategyBackend):
