@@ -99,14 +99,17 @@ def test_mirrored_training_with_xla_matches_one_device() -> None:
         (ExecutionSettings(devices=2), "needs --execution.strategy mirrored"),
         (ExecutionSettings(strategy="mirrored", devices=-1), "execution.devices must be >= 0"),
         (ExecutionSettings(strategy="bogus"), "execution.strategy must be"),  # type: ignore
-        (ExecutionSettings(strategy="multi_worker"), "multi_worker is not implemented"),
+        (ExecutionSettings(strategy="multi_worker"), "multi_worker needs the TF_CONFIG"),
         (
             ExecutionSettings(device="cpu", strategy="mirrored", devices=64),
             "execution.devices=64 logical CPU devices, but TensorFlow already started with",
         ),
     ],
 )
-def test_bad_execution_settings_are_refused(settings: ExecutionSettings, fragment: str) -> None:
+def test_bad_execution_settings_are_refused(
+    settings: ExecutionSettings, fragment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TF_CONFIG", raising=False)
     # TensorFlow starts here if it has not yet (with its one CPU device), so the 64 logical
     # devices are refused rather than configured for the rest of this test process.
     assert tf.config.list_logical_devices("CPU")

@@ -25,10 +25,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if invocation is None:
             return 0
         invocation.settings.validate()
-        busy = holder(invocation.out) if invocation.out else None
+        from ..pedal.settings import writes_outputs
+
+        # A multi_worker task that is not the chief neither locks nor checks the folder: the
+        # chief does, and it alone writes there.
+        writes = writes_outputs(invocation.settings.execution)
+        if invocation.settings.execution.strategy == "multi_worker" and not invocation.out:
+            raise ValueError(
+                "execution.strategy=multi_worker needs --out DIR (or --resume DIR): the same"
+                " folder for every worker (the chief writes it; the others read its checkpoints)"
+            )
+        busy = holder(invocation.out) if invocation.out and writes else None
         if busy is not None:  # refused before TensorFlow starts (the Experiment locks for real)
             raise FolderBusyError(invocation.out or "", busy if busy > 0 else None)
-        if invocation.out and not invocation.resume:
+        if invocation.out and not invocation.resume and writes:
             check_new_folder(invocation.out)  # again under the lock; here before TF starts
         # Data problems (e.g. a character outside vocab.json) are found before TensorFlow
         # starts; the load is cached, so the experiment's own load below is instant.

@@ -52,6 +52,32 @@ def is_disk_full(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in DISK_FULL
 
 
+# What TensorFlow raises when a collective's peer is gone under multi_worker: its health check
+# aborts the collectives ("The following tasks are unhealthy"), or a wait runs past
+# execution.timeout.
+COLLECTIVE_FAILURES = (
+    tf.errors.UnavailableError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.AbortedError,
+    tf.errors.CancelledError,
+)
+
+
+def is_worker_lost(error: BaseException) -> bool:
+    """A collective failed (under multi_worker: another worker stopped or is unreachable)."""
+    return isinstance(error, COLLECTIVE_FAILURES)
+
+
+def worker_lost_line(error: BaseException, out_dir: str) -> str:
+    """The ``error:`` line when another worker is gone (TensorFlow's first line kept)."""
+    first = str(getattr(error, "message", None) or error).strip().splitlines()
+    said = first[0][:300] if first else type(error).__name__
+    return (
+        f"multi_worker: another worker stopped or cannot be reached ({type(error).__name__}:"
+        f" {said}); restart every worker with --resume {out_dir} (the chief's last checkpoint)"
+    )
+
+
 def one_line(error: BaseException, batch: Optional[str] = None) -> str:
     """The ``error:`` line for a failure (without the prefix)."""
     if is_out_of_memory(error):

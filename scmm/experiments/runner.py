@@ -22,6 +22,7 @@ from .. import datasets
 from ..folder_lock import FolderLock
 from ..io import write_json
 from ..parameters import ParameterTable
+from ..pedal.settings import writes_outputs
 from ..training import NonFiniteError
 from . import checkpoints, diagnostics, failures
 from .checkpoints import CheckpointError
@@ -50,6 +51,11 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
 
     The run folder is locked (``scmm.folder_lock``) from the start of ``__init__`` until
     ``run()`` returns (or the process dies): a second run or resume on it is refused.
+
+    Under ``execution.strategy multi_worker`` only the chief (TF_CONFIG) locks and writes the
+    folder (log, checkpoints, summary, plots, WandB); the other workers train alongside it,
+    write nothing, and on ``--resume`` read the chief's checkpoint from the same folder (one
+    machine, or a file system every worker shares).
     """
 
     def __init__(
@@ -62,12 +68,14 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         settings.validate()
         self.out_dir = out_dir
         self.resume = resume
+        self.writes = writes_outputs(settings.execution)
         created = not os.path.exists(out_dir)
-        self.lock = FolderLock(out_dir).acquire()
+        self.lock: Optional[FolderLock] = FolderLock(out_dir).acquire() if self.writes else None
         try:
             self._set_up(settings, resume_from)
         except CheckpointError as error:  # damaged or foreign: say so in the folder too
-            record_refusal(self.out_dir, str(error))
+            if self.writes:
+                record_refusal(self.out_dir, str(error))
             self._release(remove_if_empty=created)
             raise
         except BaseException:
@@ -75,7 +83,7 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
             raise
 
     def _set_up(self, settings: ExperimentSettings, resume_from: str) -> None:
-        parts = build(settings, self.out_dir, self.resume, resume_from)
+        parts = build(settings, self.out_dir, self.resume, resume_from, self.writes)
         self.settings, self.dataset, self.execution = parts.settings, parts.dataset, parts.execution
         self.model, self.trainer, self.stream = parts.model, parts.trainer, parts.stream
         self.checkpointer, self.start, self.ended = parts.checkpointer, parts.start, parts.ended
@@ -93,6 +101,8 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         self.hooks = self._hooks()
 
     def _release(self, remove_if_empty: bool = False) -> None:
+        if self.lock is None:
+            return  # a multi_worker task that is not the chief: it holds and wrote nothing
         self.lock.release()
         if remove_if_empty and os.listdir(self.out_dir) == [".lock"]:
             shutil.rmtree(self.out_dir, ignore_errors=True)  # a refused new run leaves nothing
@@ -139,6 +149,8 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         }
 
     def _save_checkpoint(self, improved: bool) -> None:
+        if not self.writes:
+            return
         self.checkpointer.save(improved, self._run_state())
 
     def _restore(self, point: ResumePoint) -> int:
@@ -153,6 +165,8 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         return point.step
 
     def _write_parameters(self) -> None:
+        if not self.writes:
+            return
         training = self.settings.training
         record = parameters_record(
             self.parameters, training.optimiser, self.model.scheme.name, training.weight_decay_mode
@@ -191,7 +205,10 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         self._log("calibration", 0, **metrics)
 
     def _analyse(self, step: int) -> None:
-        """Scale statistics on a fixed training batch -> scales.json (all steps) and scales.png."""
+        """Scale statistics on a fixed training batch -> scales.json (all steps) and scales.png
+        (the chief's alone: local arithmetic, no collectives, so the others skip it)."""
+        if not self.writes:
+            return
         batch = diagnostics.fixed_batch(self.dataset, self.settings, "analysis")
         title = f"{self.settings.metadata.name or os.path.basename(self.out_dir)}: tensor scales"
         with self.execution.scope():
@@ -287,14 +304,22 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         if error:
             summary["error"] = error
         assert self.tracker is not None
-        write_outcome(self.out_dir, self.tracker, summary)
-        write_training_curves(self.out_dir, self.settings.metadata.name)
+        if self.writes:
+            write_outcome(self.out_dir, self.tracker, summary)
+            write_training_curves(self.out_dir, self.settings.metadata.name)
         return summary
 
     def _begin(self) -> int:
         """Open the folder for writing: restore, cut the log back, settings and header."""
         start_step = 0
         log_path = os.path.join(self.out_dir, "log.jsonl")
+        if not self.writes:  # a multi_worker task that is not the chief: read, never write
+            if self.start is not None:
+                start_step = self._restore(self.start)
+            self.tracker = CompositeTracker([])
+            task = self.execution.description
+            print(f"{task}: training with the chief; it alone writes {self.out_dir}")
+            return start_step
         if self.resume:
             for path in checkpoints.remove_temporaries(self.out_dir):  # we hold the lock
                 self._notice(f"removed {path} (left by an interrupted write)")
@@ -397,8 +422,11 @@ class Experiment:  # pylint: disable=too-many-instance-attributes
         training = self.settings.training
         batch = f"batch {training.batch_sequences} x {self.settings.data.sequence_length}"
         line = failures.one_line(error, batch)
+        lost = self.settings.execution.strategy == "multi_worker" and failures.is_worker_lost(error)
+        if lost:
+            line = failures.worker_lost_line(error, self.out_dir)
         self.out_of_memory = failures.is_out_of_memory(error)
-        if not (self.out_of_memory or failures.is_disk_full(error)):
+        if not (self.out_of_memory or failures.is_disk_full(error) or lost):
             traceback.print_exc()
         try:
             self._log("error", self.trainer.step, message=line)

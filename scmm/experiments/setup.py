@@ -78,9 +78,17 @@ class RunParts:  # pylint: disable=too-many-instance-attributes
     ended: Optional[dict[str, Any]]
 
 
-def build(settings: ExperimentSettings, out_dir: str, resume: bool, resume_from: str) -> RunParts:
-    """Every part of the run in ``out_dir`` (call while holding the folder's lock)."""
-    if not resume:  # under the lock: two runs started together cannot both pass
+def build(
+    settings: ExperimentSettings,
+    out_dir: str,
+    resume: bool,
+    resume_from: str,
+    writes: bool = True,
+) -> RunParts:
+    """Every part of the run in ``out_dir`` (call while holding the folder's lock).
+    ``writes`` False: a multi_worker task that is not the chief (no lock; the chief's folder
+    is read, its checks of a new folder are the chief's)."""
+    if not resume and writes:  # under the lock: two runs started together cannot both pass
         check_new_folder(out_dir)
     ended = ended_run(out_dir, settings.training.steps) if resume else None
     dataset = datasets.load_dataset(settings.data)
@@ -107,7 +115,8 @@ def build(settings: ExperimentSettings, out_dir: str, resume: bool, resume_from:
                 trainer.state_arrays(),
                 settings.training.steps,
             )
-        checkpointer.check_disk_space()
+        if writes:
+            checkpointer.check_disk_space()
     return RunParts(
         settings, dataset, execution, model, trainer, stream, checkpointer, start, ended
     )

@@ -8,17 +8,19 @@ TensorFlow's own (``tf.distribute``); nothing here moves data between devices by
 Another backend is one subclass of ``Backend`` plus a line in ``build_backend``.
 
 Tested here: ``OneDevice`` on CPU, ``Mirrored`` over logical CPU devices (what a laptop can
-run). The GPU paths (``Mirrored`` over local GPUs, ``OneDevice`` on /GPU:0) are the same code
-with other device names but have not been exercised on GPUs by scmm's test suite.
+run), ``MultiWorker`` over processes on 127.0.0.1 with one CPU each. The GPU paths
+(``Mirrored`` over local GPUs, ``OneDevice`` on /GPU:0, ``MultiWorker`` with GPUs) are the same
+code with other device names but have not been exercised on GPUs by scmm's test suite.
 """
 
 import contextlib
+import os
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from .settings import ExecutionSettings
+from .settings import ExecutionSettings, worker_task
 
 
 def available_gpus() -> list[str]:
@@ -211,13 +213,59 @@ class Mirrored(StrategyBackend):
         super().__init__(strategy, devices)
 
 
+class MultiWorker(StrategyBackend):
+    """``tf.distribute.MultiWorkerMirroredStrategy`` over the processes TF_CONFIG names (each
+    with its local GPUs, or one CPU). Every worker reads the same global batch stream and
+    takes its replicas' slices; only the chief (``is_chief``) writes the run's outputs."""
+
+    name = "multi_worker"
+
+    def __init__(self, settings: ExecutionSettings):
+        task = worker_task(os.environ)
+        assert task is not None  # validated: TF_CONFIG present and well formed
+        self.task = task
+        if use_gpus(settings):
+            # Not exercised by scmm's tests (no multi-GPU machines): each worker keeps its first
+            # execution.devices GPUs (0: all), set before the strategy starts.
+            gpus = tf.config.list_physical_devices("GPU")
+            count = settings.devices or len(gpus)
+            if count > len(gpus):
+                raise ValueError(
+                    f"execution.devices={count} but TensorFlow sees {len(gpus)} GPU(s)"
+                )
+            tf.config.set_visible_devices(gpus[:count], "GPU")
+        elif settings.devices > 1:
+            raise ValueError(
+                f"execution.devices={settings.devices}: multi_worker on CPU runs one replica"
+                " per worker process (use more workers, or strategy mirrored on one machine)"
+            )
+        options = tf.distribute.experimental.CommunicationOptions(
+            timeout_seconds=float(settings.timeout)
+        )
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        super().__init__(strategy, list(strategy.extended.worker_devices))
+
+    @property
+    def is_chief(self) -> bool:
+        return self.task.is_chief
+
+    @property
+    def description(self) -> str:
+        return (
+            f"{self.name} over {self.replicas} replicas in {self.task.workers} workers"
+            f" (task {self.task.kind}:{self.task.index}: {', '.join(self.devices)})"
+        )
+
+    def all_sum(self, values: list[tf.Tensor]) -> list[tf.Tensor]:
+        # A tensor from the host (not made in the replica) has no device for the collective
+        # ("destinations can not be empty"): an identity places it on the replica's device.
+        return super().all_sum([tf.identity(value) for value in values])
+
+
 def build_backend(settings: ExecutionSettings) -> Backend:
     """The backend ``settings.strategy`` names (settings already validated)."""
     if settings.strategy == "mirrored":
         return Mirrored(settings)
     if settings.strategy == "multi_worker":
-        raise ValueError(
-            "execution.strategy=multi_worker is not implemented yet (issue 17); use mirrored"
-            " for several devices on one machine"
-        )
+        return MultiWorker(settings)
     return OneDevice(settings)

@@ -1,7 +1,9 @@
 """Settings of the execution target (kept free of TensorFlow so the CLI starts fast)."""
 
 import dataclasses
-from typing import Literal
+import json
+import os
+from typing import Any, Literal, Optional
 
 STRATEGIES = ("one", "mirrored", "multi_worker")
 
@@ -33,6 +35,9 @@ class ExecutionSettings:
     """Compile step functions with XLA (jit_compile)."""
     deterministic: bool = True
     """Deterministic TF kernels, so the same seed gives bitwise-identical runs on one machine."""
+    timeout: float = 120.0
+    """multi_worker: seconds a collective waits for the other workers before the run fails (a
+    worker that dies is usually noticed sooner, by TensorFlow's health checks, ~10 s)."""
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad value (before TensorFlow starts)."""
@@ -48,8 +53,72 @@ class ExecutionSettings:
             raise ValueError(f"execution.devices must be a whole number, got {self.devices!r}")
         if self.devices < 0:
             raise ValueError(f"execution.devices must be >= 0, got {self.devices}")
+        if not isinstance(self.timeout, (int, float)) or not self.timeout > 0:
+            raise ValueError(f"execution.timeout must be > 0 seconds, got {self.timeout!r}")
+        if self.strategy == "multi_worker":
+            worker_task(os.environ)  # TF_CONFIG present and well formed
         if self.strategy == "one" and self.devices > 1:
             raise ValueError(
                 f"execution.devices={self.devices} needs --execution.strategy mirrored (or"
                 " multi_worker); strategy one runs on a single device"
             )
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerTask:
+    """This process's place in a TF_CONFIG cluster."""
+
+    kind: str
+    """The task's job: "worker" or "chief"."""
+    index: int
+    workers: int
+    """Processes in the cluster (its chief and workers)."""
+    has_chief: bool = False
+    """Whether the cluster names a "chief" job."""
+
+    @property
+    def is_chief(self) -> bool:
+        """TensorFlow's rule: the "chief" task if the cluster has one, else worker 0."""
+        if self.has_chief:
+            return self.kind == "chief"
+        return self.index == 0
+
+
+def worker_task(environ: Any, strategy: str = "multi_worker") -> Optional[WorkerTask]:
+    """Parse TF_CONFIG from ``environ`` for ``strategy`` multi_worker (None for the others);
+    ValueError naming what is missing or malformed."""
+    if strategy != "multi_worker":
+        return None
+    text = environ.get("TF_CONFIG")
+    example = (
+        ' e.g. TF_CONFIG=\'{"cluster": {"worker": ["host0:12345", "host1:12345"]},'
+        ' "task": {"type": "worker", "index": 0}}\''
+    )
+    if not text:
+        raise ValueError(
+            "execution.strategy=multi_worker needs the TF_CONFIG environment variable (the"
+            " cluster's addresses and this process's task)," + example
+        )
+    try:
+        config = json.loads(text)
+        cluster, task = config["cluster"], config["task"]
+        kind, index = str(task["type"]), int(task["index"])
+        jobs = {name: list(hosts) for name, hosts in cluster.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"TF_CONFIG is not valid ({error!r});{example}") from None
+    if kind not in ("worker", "chief") or kind not in jobs or not 0 <= index < len(jobs[kind]):
+        raise ValueError(
+            f"TF_CONFIG task {kind}:{index} is not one of the cluster's chief/worker tasks"
+            f" ({ {name: len(hosts) for name, hosts in jobs.items()} })"
+        )
+    if "chief" in jobs and len(jobs["chief"]) != 1:
+        raise ValueError("TF_CONFIG cluster: at most one chief")
+    workers = len(jobs.get("worker", [])) + len(jobs.get("chief", []))
+    return WorkerTask(kind, index, workers, "chief" in jobs)
+
+
+def writes_outputs(settings: ExecutionSettings, environ: Any = None) -> bool:
+    """Whether this process writes the run folder: always, except a multi_worker task that is
+    not the chief (it trains and reads checkpoints, and writes nothing)."""
+    task = worker_task(os.environ if environ is None else environ, settings.strategy)
+    return task is None or task.is_chief
