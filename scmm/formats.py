@@ -2,7 +2,9 @@
 
 ``quantise(x, fmt)`` returns ``x`` rounded to the nearest value representable in ``fmt``
 (ties to even, subnormals included), in ``x``'s own dtype, so a model computes in float32 (or
-16-bit) on values an FP8 matmul would see. It is TensorFlow's own cast to the format and back:
+16-bit) on values an FP8 matmul would see. It is TensorFlow's own cast to the format and back
+(for float32 inputs to FP8, the same rounding in bit arithmetic, ``_nearest_fp8_float32``,
+which XLA on CPU runs ~3x faster than its converts; tested bit-exact the same way):
 that cast is bit-exact against ``ml_dtypes`` for float32, float16 and bfloat16 inputs, eager
 and under XLA on CPU (tested over every representable value, every midpoint between
 neighbours and its two adjacent floats, and a dense random sample across 50 octaves). XLA on
@@ -181,7 +183,46 @@ def _cast_round_trip(
         # exact, or overflows exactly as a nearest cast would.
         on_grid = stochastic_grid_value(tf.cast(x, tf.float32), target, seed)
         return tf.cast(tf.cast(on_grid, target.dtype), x.dtype)
+    if x.dtype == tf.float32 and target.name in _FP8:
+        return _nearest_fp8_float32(x, target)
     return tf.cast(tf.cast(x, target.dtype), x.dtype)
+
+
+_FP8 = ("float8_e4m3fn", "float8_e5m2")
+
+
+def _nearest_fp8_float32(x: tf.Tensor, target: Format) -> tf.Tensor:
+    """float32 ``x`` rounded to nearest (ties to even) on an FP8 grid, as float32: bit-exact
+    with the cast to the format and back (``tf.cast`` twice), about 3x cheaper under XLA on
+    CPU, whose f32 -> f8 -> f32 converts cost ~2 ns an element against ~0.6 ns here.
+
+    Normal range: round the float32 bit pattern to the format's mantissa bits (add half an
+    ulp minus one, plus the kept lsb, then clear the dropped bits; a carry steps the
+    exponent, up to infinity). Subnormal range (|x| < 2^min_exponent): |x| / ulp rounded to
+    an integer (ties to even) times the fixed subnormal ulp, both power-of-two scalings, so
+    exact ((|x| + C) - C rounds eagerly, but under XLA it came back unrounded, simplified
+    away); float32 subnormal inputs become 0 either way, as the cast gives. Overflow past
+    the largest finite value gives NaN (E4M3FN) or infinity (E5M2); NaN passes through; the
+    sign is put back last, so negative values that round to zero give -0.
+    """
+    dropped = 23 - target.mantissa_bits
+    bits = tf.bitcast(x, tf.int32)
+    sign = tf.bitwise.bitwise_and(bits, tf.constant(-(2**31), tf.int32))
+    magnitude = tf.bitwise.bitwise_and(bits, tf.constant(0x7FFFFFFF, tf.int32))
+    lsb = tf.bitwise.bitwise_and(tf.bitwise.right_shift(magnitude, dropped), 1)
+    # NaN patterns may wrap here; they are replaced by x below.
+    kept = magnitude + ((1 << (dropped - 1)) - 1) + lsb
+    normal = tf.bitcast(
+        tf.bitwise.bitwise_and(kept, tf.constant(-(1 << dropped), tf.int32)), tf.float32
+    )
+    absolute = tf.bitcast(magnitude, tf.float32)
+    steps = 2.0 ** (target.mantissa_bits - target.min_exponent)  # subnormal ulps per unit
+    subnormal = tf.round(absolute * steps) * (1.0 / steps)  # exact scalings; ties to even
+    rounded = tf.where(absolute < 2.0**target.min_exponent, subnormal, normal)
+    overflow = np.inf if target.has_infinity else np.nan
+    rounded = tf.where(rounded > target.max_finite, tf.constant(overflow, tf.float32), rounded)
+    signed = tf.bitcast(tf.bitwise.bitwise_or(tf.bitcast(rounded, tf.int32), sign), tf.float32)
+    return tf.where(tf.math.is_nan(x), x, signed)
 
 
 def quantise_gradient(
