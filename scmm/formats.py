@@ -3,8 +3,9 @@
 ``quantise(x, fmt)`` returns ``x`` rounded to the nearest value representable in ``fmt``
 (ties to even, subnormals included), in ``x``'s own dtype, so a model computes in float32 (or
 16-bit) on values an FP8 matmul would see. It is TensorFlow's own cast to the format and back
-(for float32 inputs to FP8, the same rounding in bit arithmetic, ``_nearest_fp8_float32``,
-which XLA on CPU runs ~3x faster than its converts; tested bit-exact the same way):
+(for float32 inputs to FP8 under XLA, the same rounding in bit arithmetic,
+``_nearest_fp8_float32``, which XLA on CPU runs ~3x faster than its converts; tested
+bit-exact the same way):
 that cast is bit-exact against ``ml_dtypes`` for float32, float16 and bfloat16 inputs, eager
 and under XLA on CPU (tested over every representable value, every midpoint between
 neighbours and its two adjacent floats, and a dense random sample across 50 octaves). XLA on
@@ -41,6 +42,7 @@ from typing import Any, Literal, Optional
 import ml_dtypes
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.ops import control_flow_util  # pylint: disable=no-name-in-module
 
 FormatName = Literal["float32", "bfloat16", "float16", "float8_e4m3fn", "float8_e5m2"]
 Rounding = Literal["nearest", "stochastic"]
@@ -183,9 +185,17 @@ def _cast_round_trip(
         # exact, or overflows exactly as a nearest cast would.
         on_grid = stochastic_grid_value(tf.cast(x, tf.float32), target, seed)
         return tf.cast(tf.cast(on_grid, target.dtype), x.dtype)
-    if x.dtype == tf.float32 and target.name in _FP8:
+    if x.dtype == tf.float32 and target.name in _FP8 and in_xla_context():
+        # XLA on CPU converts to FP8 slowly; TensorFlow's own graph keeps the plain casts
+        # (which tests/test_precision_wiring.py finds in front of every matmul).
         return _nearest_fp8_float32(x, target)
     return tf.cast(tf.cast(x, target.dtype), x.dtype)
+
+
+def in_xla_context() -> bool:
+    """Whether the code being traced will be compiled by XLA (no public API says so)."""
+    graph = tf.compat.v1.get_default_graph()
+    return bool(control_flow_util.GraphOrParentsInXlaContext(graph))
 
 
 _FP8 = ("float8_e4m3fn", "float8_e5m2")

@@ -176,6 +176,7 @@ def migrate_full(tree: dict[str, Any]) -> dict[str, Any]:
     # Added after the golden file: the execution backend (one device, as every golden run).
     new["execution"].setdefault("strategy", "one")
     new["execution"].setdefault("devices", 0)
+    new["execution"].setdefault("timeout", 120.0)
     # Added after the golden file: dropout (keep probability 1: none, the model as before).
     new["model"].setdefault("dropout_keep_probability", 1.0)
     token = new["model"].get("token", {})

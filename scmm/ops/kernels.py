@@ -12,10 +12,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import numpy as np
 import tensorflow as tf
 
-# No public API tells whether a graph is being traced for XLA.
-from tensorflow.python.ops import control_flow_util  # pylint: disable=no-name-in-module
-
-from .. import precision
+from .. import formats, precision
 
 # Large enough to zero a softmax term, small enough to stay finite in float16 (max 65504).
 MASK_VALUE = -3.0e4
@@ -74,7 +71,7 @@ def materialised_gradient(x: tf.Tensor) -> tf.Tensor:
     (NaN and infinities included), so values are bit-identical. Outside XLA (TF's own
     kernels store every op's output) this is ``x`` itself.
     """
-    if not control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+    if not formats.in_xla_context():
         return x
 
     @tf.custom_gradient
