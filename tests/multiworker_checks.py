@@ -24,24 +24,11 @@ if sys.argv[1] == "worker":  # before TensorFlow starts
 import numpy as np
 import tensorflow as tf
 
-from conftest import model_settings, unit_scaled
+from replica_setup import LENGTH, OPTIMISERS, SEQUENCES, VOCAB, settings
 
-from scmm.models import CharLM, ModelSettings
+from scmm.models import CharLM
 from scmm.pedal import Execution, ExecutionSettings
-from scmm.training import AdamWSettings, SGDMSettings, Trainer, TrainingSettings
-
-# As replica_checks.py (which cannot be imported: it sets 4 logical CPUs when imported).
-SEQUENCES, LENGTH, VOCAB = 8, 12, 16
-OPTIMISERS = {
-    "sgdm": SGDMSettings(learning_rate=0.05, momentum=0.9, weight_decay=0.1),
-    "adamw": AdamWSettings(learning_rate=0.01, weight_decay=0.1, epsilon=1e-4),
-}
-
-
-def settings(scheme: str) -> ModelSettings:
-    """A small attention model, regular or unit-scaled."""
-    base = model_settings("attention", hidden_size=16, depth=1, seed=3)
-    return unit_scaled(base) if scheme == "unit" else base
+from scmm.training import Trainer, TrainingSettings
 
 
 def batch(rng: np.random.Generator, *shape: int) -> dict[str, np.ndarray]:

@@ -6,7 +6,6 @@ line. ``python tests/replica_checks.py gradients`` or ``train [--xla] [--all]``.
 """
 
 import contextlib
-import dataclasses
 import json
 import os
 import sys
@@ -23,30 +22,12 @@ tf.config.set_logical_device_configuration(
     tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 4
 )
 
-from conftest import model_settings, unit_scaled
+from replica_setup import LENGTH, OPTIMISERS, SEQUENCES, VOCAB, settings
 
-from scmm.models import CharLM, ModelSettings
+from scmm.models import CharLM
 from scmm.pedal import Execution, ExecutionSettings
-from scmm.schemes import UmupScalingSettings
-from scmm.training import AdamWSettings, SGDMSettings, Trainer, TrainingSettings
+from scmm.training import Trainer, TrainingSettings
 from scmm.training import trainer as trainer_module
-
-SEQUENCES, LENGTH, VOCAB = 8, 12, 16
-OPTIMISERS = {
-    "sgdm": SGDMSettings(learning_rate=0.05, momentum=0.9, weight_decay=0.1),
-    # epsilon well above float32 noise on gradients that are zero in exact arithmetic
-    "adamw": AdamWSettings(learning_rate=0.01, weight_decay=0.1, epsilon=1e-4),
-}
-
-
-def settings(scheme: str) -> ModelSettings:
-    """A small attention model of ``scheme`` (regular | unit | umup)."""
-    base = model_settings("attention", hidden_size=16, depth=1, seed=3)
-    if scheme == "unit":
-        return unit_scaled(base)
-    if scheme == "umup":
-        return dataclasses.replace(unit_scaled(base), scaling=UmupScalingSettings())
-    return base
 
 
 def execution(replicas: int, xla: bool) -> Execution:
