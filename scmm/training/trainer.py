@@ -166,6 +166,13 @@ class Trainer(Generic[ModelT]):
                 f"sparse training (training.sparsity) does not run under {replicas} replicas"
                 " yet; use --execution.strategy one"
             )
+        if settings.loss_scaling == "dynamic":
+            # A skipped step is a tf.cond around the optimiser update, and tf.distribute
+            # cannot synchronise mirrored variables inside a replica's control flow.
+            raise ValueError(
+                f"training.loss_scaling dynamic does not run under {replicas} replicas yet;"
+                " use a static training.loss_scale or --execution.strategy one"
+            )
         parts = replicas * settings.accumulation_steps
         if settings.batch_sequences % parts:
             raise ValueError(
