@@ -21,6 +21,7 @@ import tensorflow as tf
 from scmm.experiments import main
 from scmm.pedal import Execution, ExecutionSettings
 from scmm.training import Trainer, TrainingSettings
+from scmm.training.sparsity_settings import SparsitySettings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -160,6 +161,13 @@ def _run(out: Path, *extra: str) -> dict[str, Any]:
     return {"weights": weights, "log": log}
 
 
+def _differences(one: dict[str, Any], two: dict[str, Any]) -> tuple[float, list[list[float]]]:
+    """(largest weight difference, each run's train_step losses) of two ``_run`` results."""
+    diff = max(float(np.abs(one["weights"][k] - two["weights"][k]).max()) for k in one["weights"])
+    losses = [[r["loss"] for r in run["log"] if r["kind"] == "train_step"] for run in (one, two)]
+    return diff, losses
+
+
 @pytest.mark.slow
 def test_run_experiment_mirrored_matches_one_device(tmp_path: Path) -> None:
     """``--execution.strategy mirrored --execution.devices 2`` (a unit-scaled, calibrated
@@ -168,9 +176,8 @@ def test_run_experiment_mirrored_matches_one_device(tmp_path: Path) -> None:
     one = _run(tmp_path / "one")
     two = _run(tmp_path / "two", "--execution.strategy", "mirrored", "--execution.devices", "2")
     assert sorted(one["weights"]) == sorted(two["weights"])
-    diff = max(float(np.abs(one["weights"][k] - two["weights"][k]).max()) for k in one["weights"])
+    diff, losses = _differences(one, two)
     assert diff < 1e-5, diff
-    losses = [[r["loss"] for r in run["log"] if r["kind"] == "train_step"] for run in (one, two)]
     assert len(losses[0]) == 3 and np.abs(np.subtract(losses[0], losses[1])).max() < 1e-6, losses
     stats = [r for r in two["log"] if r["kind"] == "stats"][0]
     assert stats["device"].startswith("mirrored over 2 replicas"), stats
@@ -201,8 +208,7 @@ def test_run_experiment_mirrored_matches_one_device_in_low_precision(
     one = _run(tmp_path / "one", *extra)
     two = _run(tmp_path / "two", *extra, "--execution.strategy", "mirrored",
                "--execution.devices", "2")  # fmt: skip
-    diff = max(float(np.abs(one["weights"][k] - two["weights"][k]).max()) for k in one["weights"])
-    losses = [[r["loss"] for r in run["log"] if r["kind"] == "train_step"] for run in (one, two)]
+    diff, losses = _differences(one, two)
     loss_diff = float(np.abs(np.subtract(losses[0], losses[1])).max())
     print(f"{name}: weights max diff {diff:.3g}, losses max diff {loss_diff:.3g}")
     assert len(losses[0]) == 3 and np.all(np.isfinite(losses)), losses
@@ -220,3 +226,6 @@ def test_dynamic_loss_scaling_and_sparsity_are_refused_under_replicas() -> None:
     with pytest.raises(ValueError, match="loss_scaling dynamic does not run under 2 replicas"):
         Trainer._check_replicas(dynamic, 2)
     Trainer._check_replicas(dynamic, 1)
+    sparse = dataclasses.replace(TrainingSettings(), sparsity=SparsitySettings(sparsity=0.9))
+    with pytest.raises(ValueError, match=r"sparse training \(training.sparsity\) does not run"):
+        Trainer._check_replicas(sparse, 2)
